@@ -1,0 +1,328 @@
+"""The job lifecycle: one state machine over a SQLite journal, so no paid take is ever bought twice or lost.
+
+    journal has the take?  SAVED and file present ......... reuse: no network, no charge
+                           SUBMITTED ...................... re-attach: poll the known request_id
+                           SUCCEEDED, or SAVED but no file  download again from the recorded URL
+                           SUBMITTING / SUBMIT_UNKNOWN .... the POST's outcome was lost: never resubmit blindly
+                           FAILED / none .................. submit
+    submit -> record request_id BEFORE anything else -> poll (deadline) -> success -> download (atomic) -> record file
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import re
+import sqlite3
+import threading
+import time
+from contextlib import asynccontextmanager, closing
+from dataclasses import dataclass, fields
+from enum import Enum
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+from .client import Clock, GMIClient, RemoteJob, Sleep, pick_video_url
+from .errors import (DownloadError, GMIError, JobFailedError, JobTimeoutError, SubmitUnknownError)
+from .models import ModelSpec
+
+log = logging.getLogger("gmi")
+
+
+class JobState(str, Enum):
+    SUBMITTING = "submitting"          # the POST is being sent; a crash here leaves its outcome unknown
+    SUBMIT_UNKNOWN = "submit_unknown"  # the POST was sent and its answer lost: a billed job may exist
+    SUBMITTED = "submitted"            # GMI gave a request id; the job is not finished
+    SUCCEEDED = "succeeded"            # GMI finished the job; the video is not saved yet
+    SAVED = "saved"                    # the video is on disk
+    FAILED = "failed"                  # refused at submit, or failed/cancelled at GMI: the same take may submit again
+
+
+@dataclass
+class Job:
+    """One take of one model's inputs, as the journal keeps it."""
+
+    key: str
+    model_id: str
+    payload: dict
+    take: int
+    state: JobState
+    request_id: str | None = None
+    media_url: str | None = None
+    path: str | None = None
+    error: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class JobResult:
+    request_id: str
+    path: Path
+    reused: bool  # True when nothing was submitted or downloaded: the saved file served the run
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A lifecycle event for a progress bar: ``fraction`` of the current stage, 0..1, or None when unknown."""
+
+    stage: str  # submitting | queued | processing | downloading | saved | reused
+    text: str
+    fraction: float | None = None
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class PollPolicy:
+    """Polling grows with the job's age: ``first`` seconds early on, up to ``cap``."""
+
+    first: float = 3.0
+    cap: float = 15.0
+    growth: float = 0.1  # seconds of interval per second of age
+
+    def interval(self, age: float) -> float:
+        return min(self.cap, max(self.first, age * self.growth))
+
+
+def job_key(model_id: str, payload: dict, take: int) -> str:
+    """Same model, same payload, same take: the same paid job."""
+    canonical = json.dumps({"model": model_id, "payload": payload, "take": take}, sort_keys=True,
+                           separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+class Journal:
+    """SQLite record of every take. Each call opens its own connection: safe from any thread or event loop."""
+
+    _COLUMNS = [f.name for f in fields(Job)]
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(self._connect()) as db, db:
+            db.execute("""CREATE TABLE IF NOT EXISTS jobs (
+                key TEXT PRIMARY KEY, model_id TEXT NOT NULL, payload TEXT NOT NULL, take INTEGER NOT NULL,
+                state TEXT NOT NULL, request_id TEXT, media_url TEXT, path TEXT, error TEXT,
+                created_at REAL NOT NULL, updated_at REAL NOT NULL)""")
+            db.execute("CREATE INDEX IF NOT EXISTS jobs_request_id ON jobs(request_id)")
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")  # a recorded request id must survive a power cut
+        return db
+
+    def _row_to_job(self, row: tuple | None) -> Job | None:
+        if row is None:
+            return None
+        values = dict(zip(self._COLUMNS, row))
+        values["payload"] = json.loads(values["payload"])
+        values["state"] = JobState(values["state"])
+        return Job(**values)
+
+    def get(self, key: str) -> Job | None:
+        with closing(self._connect()) as db:
+            row = db.execute(f"SELECT {', '.join(self._COLUMNS)} FROM jobs WHERE key = ?", (key,)).fetchone()
+        return self._row_to_job(row)
+
+    def find_request(self, request_id: str) -> Job | None:
+        with closing(self._connect()) as db:
+            row = db.execute(f"SELECT {', '.join(self._COLUMNS)} FROM jobs WHERE request_id = ? "
+                             "ORDER BY updated_at DESC LIMIT 1", (request_id,)).fetchone()
+        return self._row_to_job(row)
+
+    def all(self) -> list[Job]:
+        with closing(self._connect()) as db:
+            rows = db.execute(f"SELECT {', '.join(self._COLUMNS)} FROM jobs ORDER BY created_at").fetchall()
+        return [self._row_to_job(r) for r in rows]
+
+    def record(self, job: Job) -> None:
+        """Write the whole row (insert or replace); ``updated_at`` is set now."""
+        job.updated_at = time.time()
+        job.created_at = job.created_at or job.updated_at
+        values = [getattr(job, c) for c in self._COLUMNS]
+        values[self._COLUMNS.index("payload")] = json.dumps(job.payload, sort_keys=True, ensure_ascii=False)
+        values[self._COLUMNS.index("state")] = job.state.value
+        with closing(self._connect()) as db, db:
+            db.execute(f"INSERT OR REPLACE INTO jobs ({', '.join(self._COLUMNS)}) "
+                       f"VALUES ({', '.join('?' * len(self._COLUMNS))})", values)
+
+
+# One holder per take in this process, whatever event loop it runs on (ComfyUI makes a new loop per prompt).
+_holders_lock = threading.Lock()
+_holders: set[str] = set()
+
+
+@asynccontextmanager
+async def holding(key: str, sleep: Sleep) -> AsyncIterator[None]:
+    """Exclusive hold of one take: a second node asking for the same take waits and then reuses the first's result."""
+    while True:
+        with _holders_lock:
+            if key not in _holders:
+                _holders.add(key)
+                break
+        await sleep(0.2)
+    try:
+        yield
+    finally:
+        with _holders_lock:
+            _holders.discard(key)
+
+
+def interruptible_sleep(check: Callable[[], None], slice_seconds: float = 0.25) -> Sleep:
+    """A sleep that calls ``check`` (which raises to stop) at least every ``slice_seconds``."""
+
+    async def sleep(seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + max(0.0, seconds)
+        while True:
+            check()
+            remaining = end - loop.time()
+            if remaining <= 0:
+                return
+            await asyncio.sleep(min(slice_seconds, remaining))
+
+    return sleep
+
+
+def video_file_name(model_id: str, request_id: str) -> str:
+    """Unique per request: two nodes running at once never collide."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", request_id)[:80]
+    return f"{model_id}_{safe}.mp4"
+
+
+class JobRunner:
+    """Runs one take through the lifecycle. ``connect`` makes a GMIClient (called only when the network is needed,
+    so a saved take is served even without a key)."""
+
+    def __init__(self, journal: Journal, connect: Callable[[], GMIClient], output_dir: Path, *,
+                 clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep, poll: PollPolicy = PollPolicy(),
+                 on_progress: Callable[[Progress], None] = lambda p: None):
+        self.journal = journal
+        self.connect = connect
+        self.output_dir = Path(output_dir)
+        self.clock = clock
+        self.sleep = sleep
+        self.poll = poll
+        self.on_progress = on_progress
+
+    async def _journal(self, method: Callable, *args: Any) -> Any:
+        return await asyncio.to_thread(method, *args)
+
+    async def run(self, spec: ModelSpec, payload: dict, take: int, *, timeout_s: float) -> JobResult:
+        """The saved video of this take, paying for it only if no earlier run already did."""
+        key = job_key(spec.model_id, payload, take)
+        deadline = self.clock() + timeout_s
+        async with holding(key, self.sleep):
+            job = await self._journal(self.journal.get, key)
+            if job is not None and job.state is JobState.SAVED and job.path and Path(job.path).is_file():
+                self.on_progress(Progress("reused", f"reused saved video of request {job.request_id}", 1.0,
+                                          job.request_id))
+                return JobResult(job.request_id, Path(job.path), reused=True)
+            if job is None or job.state is JobState.FAILED:
+                job = Job(key=key, model_id=spec.model_id, payload=payload, take=take, state=JobState.SUBMITTING)
+            elif job.state in (JobState.SUBMITTING, JobState.SUBMIT_UNKNOWN):
+                await self._mark_submit_unknown(job, job.error or "the previous run stopped while submitting")
+            async with self.connect() as client:
+                return await self._drive(client, spec, job, deadline)
+
+    async def _drive(self, client: GMIClient, spec: ModelSpec, job: Job, deadline: float) -> JobResult:
+        if job.state is JobState.SUBMITTING:
+            await self._submit(client, job, deadline)
+        if job.state is JobState.SUBMITTED:
+            await self._wait(client, job, deadline)
+        # SUCCEEDED, or SAVED with the file gone: fetch the video (again).
+        return await self._download(client, spec, job)
+
+    async def _submit(self, client: GMIClient, job: Job, deadline: float) -> None:
+        job.state, job.request_id, job.media_url, job.path, job.error = JobState.SUBMITTING, None, None, None, None
+        await self._journal(self.journal.record, job)  # before the POST: a crash during it is then known
+        self.on_progress(Progress("submitting", f"submitting to GMI ({job.model_id})", 0.0))
+        try:
+            remote = await client.submit(job.model_id, job.payload, deadline=deadline)
+        except SubmitUnknownError as exc:
+            await self._mark_submit_unknown(job, str(exc))
+        except GMIError as exc:
+            job.state, job.error = JobState.FAILED, str(exc)  # refused: no job exists, the same take may retry
+            await self._journal(self.journal.record, job)
+            raise
+        except BaseException:
+            # Cancelled mid-POST: it may have reached GMI.
+            job.state, job.error = JobState.SUBMIT_UNKNOWN, "cancelled while submitting"
+            await asyncio.shield(self._journal(self.journal.record, job))
+            raise
+        job.state, job.request_id = JobState.SUBMITTED, remote.request_id
+        await self._journal(self.journal.record, job)
+        log.info("GMI %s: submitted take %d as request %s", job.model_id, job.take, remote.request_id)
+        if remote.terminal:
+            await self._finish(job, remote)
+
+    async def _mark_submit_unknown(self, job: Job, why: str) -> None:
+        job.state, job.error = JobState.SUBMIT_UNKNOWN, why
+        await self._journal(self.journal.record, job)
+        raise SubmitUnknownError(
+            f"{why.rstrip('.')}. A job for this take may exist at GMI and be billed, so the pack will not submit it "
+            f"again. Look in GMI's console for a request made at that time and collect it by its id, or change "
+            f"'take' to pay for a new generation.")
+
+    async def _wait(self, client: GMIClient, job: Job, deadline: float) -> None:
+        started = self.clock()
+        while True:
+            remote = await client.status(job.request_id, deadline=deadline)
+            if remote.terminal:
+                await self._finish(job, remote)
+                return
+            elapsed = self.clock() - started
+            stage = "queued" if remote.status in ("created", "queued") else "processing"
+            self.on_progress(Progress(stage, f"{stage} at GMI, {elapsed:.0f}s (request {job.request_id})", None,
+                                      job.request_id))
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                raise JobTimeoutError(
+                    f"Request {job.request_id} is still {remote.status} at GMI after the time limit. It is kept: "
+                    f"queue the same inputs again (or raise timeout_minutes) to collect it without paying again.",
+                    request_id=job.request_id)
+            await self.sleep(min(self.poll.interval(elapsed), remaining))
+
+    async def _finish(self, job: Job, remote: RemoteJob) -> None:
+        if remote.status == "success":
+            url = pick_video_url(remote.outcome)
+            if url is None:
+                job.state, job.error = JobState.FAILED, "success without a video URL"
+                await self._journal(self.journal.record, job)
+                raise JobFailedError(f"GMI reports request {job.request_id} done but gave no video URL "
+                                     f"(outcome: {json.dumps(remote.outcome)[:300]}).",
+                                     request_id=job.request_id, status=remote.status, reason="no video URL")
+            job.state, job.media_url = JobState.SUCCEEDED, url
+            await self._journal(self.journal.record, job)
+            return
+        reason = remote.failure_reason()
+        job.state, job.error = JobState.FAILED, f"{remote.status}: {reason}"
+        await self._journal(self.journal.record, job)
+        raise JobFailedError(f"GMI {remote.status} request {job.request_id}: {reason}",
+                             request_id=job.request_id, status=remote.status, reason=reason)
+
+    async def _download(self, client: GMIClient, spec: ModelSpec, job: Job) -> JobResult:
+        dest = self.output_dir / video_file_name(spec.model_id, job.request_id)
+
+        def progress(done: int, total: int | None) -> None:
+            mb = f"{done / 1e6:.1f} of {total / 1e6:.1f} MB" if total else f"{done / 1e6:.1f} MB"
+            self.on_progress(Progress("downloading", f"downloading {mb}", done / total if total else None,
+                                      job.request_id))
+
+        try:
+            await client.download(job.media_url, dest, request_id=job.request_id, on_progress=progress)
+        except DownloadError:
+            # The recorded link may have expired: ask GMI once for the job's current one.
+            remote = await client.status(job.request_id, deadline=self.clock() + 60)
+            fresh = pick_video_url(remote.outcome) if remote.status == "success" else None
+            if not fresh or fresh == job.media_url:
+                raise
+            job.media_url = fresh
+            await self._journal(self.journal.record, job)
+            await client.download(fresh, dest, request_id=job.request_id, on_progress=progress)
+        job.state, job.path, job.error = JobState.SAVED, str(dest), None
+        await self._journal(self.journal.record, job)
+        self.on_progress(Progress("saved", f"saved {dest.name}", 1.0, job.request_id))
+        return JobResult(job.request_id, dest, reused=False)

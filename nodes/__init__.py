@@ -1,0 +1,8 @@
+"""ComfyUI face of the pack: V3 node classes. Loaded only by comfy_entrypoint(), inside ComfyUI."""
+from __future__ import annotations
+
+
+def node_list() -> list:
+    from .text_to_video import GMIKlingV3TextToVideo
+
+    return [GMIKlingV3TextToVideo]

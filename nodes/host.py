@@ -1,0 +1,80 @@
+"""The one module that touches ComfyUI's runtime: folders, the interrupt flag, progress, the graph, outputs.
+
+Imported only from comfy_entrypoint(), inside a running ComfyUI.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import comfy.model_management
+import comfy.utils
+import folder_paths
+from comfy_api.latest import InputImpl, io, ui
+from server import PromptServer
+
+from ..gmi.client import GMIClient
+from ..gmi.jobs import Journal, JobRunner, Progress, interruptible_sleep
+from ..gmi.keys import KEY_FILE_NAME, resolve_api_key
+
+SUBFOLDER = "gmi"  # under ComfyUI's output folder
+DEFAULT_BASE_URL = "https://console.gmicloud.ai"
+STAGE_SPAN = {"submitting": (0, 5), "queued": (5, 10), "processing": (10, 80), "downloading": (80, 90),
+              "saved": (90, 90), "reused": (90, 90), "decoding": (90, 100)}
+
+
+def pack_user_dir() -> Path:
+    # user/gmi_cloud is not a ComfyUI user profile, so the /userdata routes never serve the key or the journal.
+    return Path(folder_paths.get_user_directory()) / "gmi_cloud"
+
+
+def output_dir() -> Path:
+    return Path(folder_paths.get_output_directory()) / SUBFOLDER
+
+
+def check_interrupt() -> None:
+    """Raises ComfyUI's interrupt exception (shown as 'interrupted', not an error) once Cancel was pressed."""
+    comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+class Reporter:
+    """Lifecycle events -> the node's progress bar and the line of text under it, for the browser that queued."""
+
+    def __init__(self, unique_id: str | None):
+        self.unique_id = unique_id
+        self.bar = comfy.utils.ProgressBar(100, node_id=unique_id)
+
+    def __call__(self, event: Progress) -> None:
+        low, high = STAGE_SPAN.get(event.stage, (0, 100))
+        value = low + (high - low) * (event.fraction if event.fraction is not None else 0.0)
+        self.bar.update_absolute(round(value), 100)  # also raises if Cancel was pressed
+        self.text(event.text)
+
+    def frames(self, done: int, total: int) -> None:
+        self(Progress("decoding", f"decoding frames {done} of {total}", done / total if total else None))
+
+    def text(self, text: str) -> None:
+        server = PromptServer.instance
+        if self.unique_id is not None and server is not None:
+            server.send_progress_text(text, self.unique_id, server.client_id)
+
+
+def make_runner(reporter: Reporter) -> JobRunner:
+    user_dir = pack_user_dir()
+    base_url = os.environ.get("GMI_BASE_URL", DEFAULT_BASE_URL)
+
+    def connect() -> GMIClient:
+        return GMIClient(base_url, resolve_api_key(user_dir / KEY_FILE_NAME), sleep=interruptible_sleep(check_interrupt))
+
+    return JobRunner(Journal(user_dir / "jobs.sqlite3"), connect, output_dir(),
+                     sleep=interruptible_sleep(check_interrupt), on_progress=reporter)
+
+
+def video_from_file(path: Path):
+    return InputImpl.VideoFromFile(str(path))
+
+
+def video_preview(path: Path) -> ui.PreviewVideo:
+    rel = Path(path).resolve().relative_to(Path(folder_paths.get_output_directory()).resolve())
+    subfolder = str(rel.parent) if str(rel.parent) != "." else ""
+    return ui.PreviewVideo([ui.SavedResult(rel.name, subfolder, io.FolderType.output)])

@@ -1,0 +1,71 @@
+"""The outputs every video node of the pack gives: the saved MP4 as VIDEO, decoded frames and audio, and facts."""
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import torch
+from comfy_api.latest import io
+
+from ..gmi.errors import MediaError
+from ..gmi.jobs import JobResult
+from ..gmi.media import VideoInfo, decode_audio, decode_frames, probe
+from . import host
+
+FRAMES, AUDIO = 1, 2  # output indices that cost decoding
+
+
+def schema_outputs() -> list:
+    return [
+        io.Video.Output("video", display_name="video", tooltip="The downloaded MP4 as a video (file-backed, no re-encode)."),
+        io.Image.Output("frames", display_name="frames",
+                        tooltip="Every frame as an IMAGE batch [frames, height, width, 3], 0..1. Decoded only when linked."),
+        io.Audio.Output("audio", display_name="audio",
+                        tooltip="The soundtrack at the file's sample rate; silence of the clip's length when it has none."),
+        io.Float.Output("fps", display_name="fps", tooltip="Frames per second of the video."),
+        io.Int.Output("frame_count", display_name="frame_count", tooltip="Number of frames in the video."),
+        io.String.Output("request_id", display_name="request_id",
+                         tooltip="GMI's request id: collect the video again with it, or find it in GMI's console."),
+        io.String.Output("path", display_name="path", tooltip="Where the MP4 was saved."),
+    ]
+
+
+async def decode_frames_tensor(path: Path, info: VideoInfo, reporter: host.Reporter) -> torch.Tensor:
+    """Frames decoded straight into one preallocated float32 tensor, off the event loop, stoppable."""
+    frames = torch.empty((info.frame_count, info.height, info.width, 3), dtype=torch.float32)
+    stopped = threading.Event()
+
+    def check() -> None:
+        if stopped.is_set():
+            raise MediaError("decoding was stopped")
+        host.check_interrupt()
+
+    try:
+        count = await asyncio.to_thread(decode_frames, path, info, frames.numpy(), check=check,
+                                        on_frames=reporter.frames)
+    except asyncio.CancelledError:
+        stopped.set()  # the prompt is torn down: end ffmpeg at the next chunk
+        raise
+    return frames[:count] if count < info.frame_count else frames
+
+
+async def node_output(result: JobResult, linked: set[int] | None, reporter: host.Reporter) -> io.NodeOutput:
+    """All outputs for a saved video, decoding only what a linked output needs (everything when the graph is unknown)."""
+    path = result.path
+    info = await asyncio.to_thread(probe, path)
+    need = {FRAMES, AUDIO} if linked is None else linked & {FRAMES, AUDIO}
+    if FRAMES in need:
+        frames = await decode_frames_tensor(path, info, reporter)
+    else:
+        frames = torch.zeros((1, 1, 1, 3), dtype=torch.float32)  # not linked: never seen downstream
+    if AUDIO in need:
+        wave, rate = await asyncio.to_thread(decode_audio, path, info)
+        audio = {"waveform": torch.from_numpy(wave).unsqueeze(0), "sample_rate": rate}
+    else:
+        audio = {"waveform": torch.zeros((1, 1, 1), dtype=torch.float32), "sample_rate": 44100}
+    reporter.text(f"done: {path.name}, {info.frame_count} frames at {info.fps:g} fps"
+                  + (" (reused, nothing paid)" if result.reused else ""))
+    return io.NodeOutput(host.video_from_file(path), frames, audio, float(info.fps), int(frames.shape[0])
+                         if FRAMES in need else info.frame_count, result.request_id, str(path),
+                         ui=host.video_preview(path))

@@ -1,0 +1,186 @@
+"""A fake GMI request queue and media host on 127.0.0.1 (random ports), with scripted faults, and a fake clock."""
+from __future__ import annotations
+
+import asyncio
+import secrets
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+from aiohttp import web
+
+QUEUE = "/api/v1/ie/requestqueue/apikey"
+
+
+class FakeTime:
+    """A clock and sleep where sleeping advances time at once: deadlines and backoffs cost no real time."""
+
+    def __init__(self):
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += max(0.0, seconds)
+        await asyncio.sleep(0)
+
+
+class FakeGMI:
+    def __init__(self, clips: dict[tuple[str, bool], Path]):
+        self.clips = clips
+        self.key = "gmi-test-" + secrets.token_hex(20)
+        self.jobs: dict[str, dict] = {}
+        self.post_bodies: list[dict] = []            # every POST received, answered or not
+        self.api_requests: list[tuple[str, str, dict]] = []
+        self.media_requests: list[tuple[str, dict]] = []
+        self.faults: dict[str, list] = defaultdict(list)  # "post" | "status" | "media" -> actions, used in order
+        self.polls_until_done = 2       # status reads that answer queued/processing before the job ends
+        self.final_status = "success"   # success | failed | cancelled
+        self.failure_record: dict = {"error": "Content rejected by safety filter"}
+        self.finish_on_post = False     # the POST answers with the finished job (seen live for some models)
+        self.never_finish = False       # a job that sits queued forever
+        self.outcome_extra: dict = {}
+
+    # --- lifecycle --------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        api = web.Application()
+        api.router.add_post(QUEUE + "/requests", self._submit)
+        api.router.add_get(QUEUE + "/requests/{rid}", self._status)
+        media = web.Application()
+        media.router.add_get("/media/{name}", self._media)
+        self._runners = []
+        urls = []
+        for app in (api, media):
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            port = site._server.sockets[0].getsockname()[1]
+            urls.append(f"http://127.0.0.1:{port}")
+            self._runners.append(runner)
+        self.base_url, self.media_url = urls
+
+    async def stop(self) -> None:
+        for runner in self._runners:
+            await runner.cleanup()
+
+    # --- what tests read ----------------------------------------------------------------------------------------
+
+    @property
+    def created(self) -> list[str]:
+        """Request ids of jobs that exist at GMI (and would be billed)."""
+        return list(self.jobs)
+
+    def status_reads(self) -> int:
+        return sum(1 for method, path, _ in self.api_requests if method == "GET")
+
+    # --- handlers ---------------------------------------------------------------------------------------------
+
+    def _authorized(self, request: web.Request) -> bool:
+        return request.headers.get("Authorization") == f"Bearer {self.key}"
+
+    async def _fault(self, route: str, request: web.Request, job: dict | None = None):
+        if not self.faults[route]:
+            return None
+        action = self.faults[route].pop(0)
+        if action == "reset":
+            request.transport.abort()
+            return web.Response(status=500)
+        if action == "malformed":
+            return web.Response(text="{not json", content_type="application/json")
+        if isinstance(action, dict):
+            return web.json_response(action.get("body", {"error": "fault"}), status=action["status"],
+                                     headers=action.get("headers"))
+        if callable(action):
+            return await action(request)
+        raise AssertionError(f"unknown fault {action!r}")
+
+    def _record(self, job: dict) -> dict:
+        record = {"request_id": job["rid"], "org_id": "org-test", "user_id": "user-test",
+                  "model": job["model"], "status": job["status"], "is_public": False, "payload": job["payload"],
+                  "outcome": None, "created_at": 1753427199, "updated_at": 1753427200, "queued_at": 1753427199}
+        if job["status"] == "success":
+            aspect, sound = job["payload"].get("aspect_ratio", "16:9"), job["payload"].get("sound", "on") == "on"
+            record["outcome"] = {"thumbnail_image_url": f"{self.media_url}/media/{job['rid']}.jpg",
+                                 "media_urls": [{"id": "0", "url": f"{self.media_url}/media/{job['rid']}.mp4"}],
+                                 **self.outcome_extra}
+            job["clip"] = self.clips[(aspect, sound)]
+        elif job["status"] in ("failed", "cancelled"):
+            record.update(self.failure_record)
+        return record
+
+    async def _submit(self, request: web.Request) -> web.StreamResponse:
+        self.api_requests.append(("POST", request.path, dict(request.headers)))
+        body = await request.json()
+        self.post_bodies.append(body)
+        fault = await self._fault("post", request)
+        if fault is not None:
+            return fault
+        if not self._authorized(request):
+            return web.json_response({"error": "Invalid API key"}, status=401)
+        if body.get("model") != "kling-v3-text-to-video":
+            return web.json_response({"error": f"model {body.get('model')} not found"}, status=404)
+        rid = uuid.uuid4().hex
+        job = {"rid": rid, "model": body["model"], "payload": body["payload"], "status": "queued", "reads": 0}
+        self.jobs[rid] = job
+        if self.faults["post_after_create"]:
+            # The job exists (and is billed) but the answer never reaches the client.
+            self.faults["post_after_create"].pop(0)
+            request.transport.abort()
+            return web.Response(status=500)
+        if self.finish_on_post and not self.never_finish:
+            job["status"] = self.final_status
+        return web.json_response(self._record(job))
+
+    async def _status(self, request: web.Request) -> web.StreamResponse:
+        self.api_requests.append(("GET", request.path, dict(request.headers)))
+        fault = await self._fault("status", request)
+        if fault is not None:
+            return fault
+        if not self._authorized(request):
+            return web.json_response({"error": "Invalid API key"}, status=401)
+        job = self.jobs.get(request.match_info["rid"])
+        if job is None:
+            return web.json_response({"error": "request not found"}, status=404)
+        job["reads"] += 1
+        if job["status"] not in ("success", "failed", "cancelled") and not self.never_finish:
+            if job["reads"] > self.polls_until_done:
+                job["status"] = self.final_status
+            elif job["reads"] > 1:
+                job["status"] = "processing"
+        return web.json_response(self._record(job))
+
+    async def _media(self, request: web.Request) -> web.StreamResponse:
+        self.media_requests.append((request.path, dict(request.headers)))
+        truncate = self.faults["media"] and self.faults["media"][0] == "truncate"
+        if truncate:
+            self.faults["media"].pop(0)
+        else:
+            fault = await self._fault("media", request)
+            if fault is not None:
+                return fault
+        name = request.match_info["name"]
+        job = self.jobs.get(name.rsplit(".", 1)[0])
+        if job is None or "clip" not in job or not name.endswith(".mp4"):
+            return web.json_response({"error": "NoSuchKey"}, status=404)
+        data = job["clip"].read_bytes()
+        if truncate:
+            # Announce the whole file, send half of it, then cut the connection.
+            response = web.StreamResponse(headers={"Accept-Ranges": "bytes", "Content-Type": "video/mp4"})
+            response.content_length = len(data)
+            await response.prepare(request)
+            await response.write(data[: len(data) // 2])
+            request.transport.close()  # close (not abort): what was written still reaches the client
+            return response
+        start = 0
+        rng = request.headers.get("Range", "")
+        if rng.startswith("bytes=") and rng.endswith("-"):
+            start = int(rng[6:-1])
+            return web.Response(body=data[start:], status=206, content_type="video/mp4",
+                                headers={"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}",
+                                         "Accept-Ranges": "bytes"})
+        return web.Response(body=data, content_type="video/mp4", headers={"Accept-Ranges": "bytes"})

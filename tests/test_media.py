@@ -1,0 +1,93 @@
+"""Decoding real MP4s made by ffmpeg: frames exact against ffmpeg's own rgb24, audio shape and rate, silence."""
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+
+from conftest import CLIP_FPS, CLIP_SECONDS, CLIP_SIZES, make_clip
+from gmi_video_pack.gmi.errors import MediaError
+from gmi_video_pack.gmi.media import decode_audio, decode_frames, ffmpeg_exe, probe
+
+
+def ffmpeg_rgb24(path, width, height) -> np.ndarray:
+    raw = subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+                         capture_output=True, check=True).stdout
+    return np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3)
+
+
+def decode(path):
+    info = probe(path)
+    out = np.empty((info.frame_count, info.height, info.width, 3), np.float32)
+    count = decode_frames(path, info, out)
+    return info, out[:count]
+
+
+@pytest.mark.parametrize("aspect", list(CLIP_SIZES))
+def test_frames_match_ffmpeg_bit_for_bit_for_each_aspect(clips, aspect):
+    width, height = CLIP_SIZES[aspect]
+    info, frames = decode(clips[(aspect, True)])
+    assert (info.width, info.height, info.fps) == (width, height, CLIP_FPS)
+    assert frames.shape == (CLIP_SECONDS * CLIP_FPS, height, width, 3) and frames.dtype == np.float32
+    assert 0.0 <= frames.min() and frames.max() <= 1.0
+    reference = ffmpeg_rgb24(clips[(aspect, True)], width, height)
+    assert np.array_equal(np.rint(frames * 255).astype(np.uint8), reference)
+
+
+def test_audio_is_channels_by_samples_at_the_file_rate(clips):
+    info = probe(clips[("16:9", True)])
+    wave, rate = decode_audio(clips[("16:9", True)], info)
+    assert rate == 44100 and wave.dtype == np.float32 and wave.shape[0] == 2
+    assert abs(wave.shape[1] - CLIP_SECONDS * 44100) < 2048  # AAC pads by up to a frame
+    assert 0.05 < np.abs(wave).max() <= 1.0  # the tone is there
+
+
+def test_no_audio_track_gives_silence_of_the_video_length(clips):
+    info = probe(clips[("9:16", False)])
+    assert not info.has_audio
+    wave, rate = decode_audio(clips[("9:16", False)], info)
+    assert wave.shape[1] == CLIP_SECONDS * rate and not wave.any()
+
+
+@pytest.mark.parametrize("codec,channels,rate", [("aac", 1, 48000), ("libmp3lame", 2, 32000), ("pcm_s16le", 6, 48000)])
+def test_audio_layouts_and_formats(tmp_path, codec, channels, rate):
+    clip = make_clip(tmp_path / "a.mov", 64, 64, seconds=1, audio=codec, channels=channels, rate=rate)
+    info = probe(clip)
+    wave, got_rate = decode_audio(clip, info)
+    assert got_rate == rate and wave.shape[0] == channels
+    assert abs(wave.shape[1] - rate) < 2400 and np.abs(wave).max() <= 1.0
+
+
+def test_corrupt_file_raises_a_clear_error(tmp_path, clips):
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 1000)
+    with pytest.raises(MediaError, match="broken.mp4"):
+        probe(broken)
+
+
+def test_cut_off_file_raises_or_gives_fewer_frames_never_garbage(tmp_path, clips):
+    data = clips[("16:9", True)].read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) * 2 // 3])  # faststart: header intact, media cut
+    try:
+        info, frames = decode(cut)
+    except MediaError as exc:
+        assert "cut.mp4" in str(exc)
+    else:
+        reference = ffmpeg_rgb24(clips[("16:9", True)], info.width, info.height)
+        assert np.array_equal(np.rint(frames * 255).astype(np.uint8), reference[: len(frames)])
+
+
+def test_stop_request_ends_decoding(clips):
+    info = probe(clips[("16:9", True)])
+    out = np.empty((info.frame_count, info.height, info.width, 3), np.float32)
+
+    class Stop(Exception):
+        pass
+
+    def check():
+        raise Stop()
+
+    with pytest.raises(Stop):
+        decode_frames(clips[("16:9", True)], info, out, check=check)
