@@ -1,0 +1,186 @@
+"""The pack in a real ComfyUI against the fake GMI. Runs only when COMFYUI_ROOT points at a ComfyUI checkout
+(COMFYUI_PYTHON: the interpreter of its environment). CI has no ComfyUI; a developer runs this by hand."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from workflow_api import to_api
+
+ROOT = Path(__file__).resolve().parents[1]
+COMFYUI_ROOT = os.environ.get("COMFYUI_ROOT")
+COMFYUI_PYTHON = os.environ.get("COMFYUI_PYTHON", sys.executable)
+
+pytestmark = pytest.mark.skipif(not COMFYUI_ROOT, reason="set COMFYUI_ROOT to check the pack in a real ComfyUI")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Host:
+    """One ComfyUI server process over a base directory that holds only this pack as a custom node."""
+
+    def __init__(self, base: Path, env: dict):
+        self.base, self.env, self.port, self.proc = base, env, free_port(), None
+        (base / "custom_nodes").mkdir(parents=True, exist_ok=True)
+        link = base / "custom_nodes" / "gmi-cloud-video"
+        if not link.exists():
+            link.symlink_to(ROOT, target_is_directory=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = base / "server.log"
+
+    async def start(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [COMFYUI_PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+               "--disable-auto-launch", "--disable-api-nodes", "--base-directory", str(self.base),
+               "--database-url", f"sqlite:///{self.base}/comfyui.db"]
+        self.proc = subprocess.Popen(cmd, cwd=COMFYUI_ROOT, env=self.env, stdout=open(self.log, "ab"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        async with aiohttp.ClientSession() as s:
+            for _ in range(600):
+                if self.proc.poll() is not None:
+                    raise RuntimeError("ComfyUI exited:\n" + self.log.read_text()[-3000:])
+                try:
+                    async with s.get(self.url + "/object_info/GMIKlingV3TextToVideo") as r:
+                        if r.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.2)
+        raise RuntimeError("ComfyUI did not come up")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+    async def get(self, path: str):
+        async with aiohttp.ClientSession() as s, s.get(self.url + path) as r:
+            return await r.json()
+
+    async def queue(self, graph: dict) -> str:
+        async with aiohttp.ClientSession() as s, s.post(self.url + "/prompt",
+                                                        json={"prompt": graph, "client_id": uuid.uuid4().hex}) as r:
+            body = await r.json()
+            assert r.status == 200, body
+            return body["prompt_id"]
+
+    async def interrupt(self) -> None:
+        async with aiohttp.ClientSession() as s, s.post(self.url + "/interrupt") as r:
+            assert r.status == 200
+
+    async def wait(self, prompt_id: str, timeout: float = 120) -> dict:
+        for _ in range(int(timeout / 0.2)):
+            history = await self.get(f"/history/{prompt_id}")
+            if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
+                entry = history[prompt_id]
+                if entry["status"]["status_str"] in ("success", "error"):
+                    return entry
+            await asyncio.sleep(0.2)
+        raise TimeoutError(f"prompt {prompt_id} did not finish; log:\n{self.log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+async def host(gmi, tmp_path):
+    env = {**os.environ, "GMI_API_KEY": gmi.key, "GMI_BASE_URL": gmi.base_url, "HF_HUB_OFFLINE": "1",
+           "PYTHONUNBUFFERED": "1"}
+    server = Host(tmp_path / "comfy", env)
+    await server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def example_graph(object_info: dict) -> dict:
+    workflow = json.loads((ROOT / "workflows" / "kling_v3_text_to_video.json").read_text())
+    return to_api(workflow, object_info)
+
+
+async def test_example_workflow_runs_and_requeue_costs_nothing_even_after_restart(host, gmi):
+    info = await host.get("/object_info")
+    ours = info["GMIKlingV3TextToVideo"]
+    assert ours["display_name"] == "Kling v3 Text to Video (GMI Cloud)" and ours["category"] == "GMI Cloud/Video"
+    assert ours["output_name"] == ["video", "frames", "audio", "fps", "frame_count", "request_id", "path"]
+    graph = example_graph(info)
+    entry = await host.wait(await host.queue(graph))
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert len(gmi.created) == 1
+    outputs = entry["outputs"]
+    preview = outputs["1"]["images"][0]
+    assert preview["subfolder"] == "gmi" and gmi.created[0] in preview["filename"]
+    saved_video = outputs["2"]["images"][0]
+    assert saved_video["filename"].endswith(".mp4")
+    assert (host.base / "output" / saved_video["subfolder"] / saved_video["filename"]).stat().st_size > 0
+    assert (host.base / "output" / "gmi" / preview["filename"]).is_file()
+    assert outputs["3"]["audio"][0]["filename"].endswith(".flac")
+    assert len(outputs["4"]["images"]) == 48  # every frame reached the frame consumer
+    log = host.log.read_text()
+    assert gmi.key not in log
+
+    requests_before = len(gmi.api_requests)
+    graph["2"]["inputs"]["filename_prefix"] = "video/again"  # the saver runs again; our node is cached
+    entry = await host.wait(await host.queue(graph))
+    assert entry["status"]["status_str"] == "success" and len(gmi.api_requests) == requests_before
+
+    host.stop()
+    await host.start()
+    entry = await host.wait(await host.queue(graph))
+    assert entry["status"]["status_str"] == "success"
+    assert len(gmi.api_requests) == requests_before and len(gmi.created) == 1  # reused from the journal
+    assert gmi.key not in host.log.read_text()
+
+
+async def test_bad_combo_value_over_the_api_is_refused_before_paying(host, gmi):
+    graph = example_graph(await host.get("/object_info"))
+    graph["1"]["inputs"]["aspect_ratio"] = "4:3"
+    async with aiohttp.ClientSession() as s, s.post(host.url + "/prompt", json={"prompt": graph}) as r:
+        body = await r.json()
+    if r.status == 200:
+        entry = await host.wait(body["prompt_id"])
+        text = json.dumps(entry["status"])
+    else:
+        text = json.dumps(body)
+    assert "aspect_ratio" in text and "16:9, 9:16, 1:1" in text
+    assert gmi.post_bodies == []
+
+
+async def test_cancel_while_polling_stops_fast_and_requeue_collects_without_paying(host, gmi):
+    gmi.never_finish = True
+    graph = example_graph(await host.get("/object_info"))
+    prompt_id = await host.queue(graph)
+    for _ in range(300):
+        if gmi.status_reads() >= 1:
+            break
+        await asyncio.sleep(0.1)
+    assert len(gmi.created) == 1
+    loop = asyncio.get_running_loop()
+    pressed = loop.time()
+    await host.interrupt()
+    entry = await host.wait(prompt_id)
+    stopped_after = loop.time() - pressed
+    messages = json.dumps(entry["status"]["messages"])
+    assert "execution_interrupted" in messages, messages
+    assert stopped_after < 3.0, stopped_after
+    gmi.never_finish = False
+    entry = await host.wait(await host.queue(graph))
+    assert entry["status"]["status_str"] == "success"
+    assert len(gmi.post_bodies) == 1

@@ -1,0 +1,51 @@
+"""Turn a UI-format workflow (what the menu loads) into the API-format graph that POST /prompt takes."""
+from __future__ import annotations
+
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+UI_ONLY = {"Note", "MarkdownNote", "Reroute"}
+
+
+def _is_widget(spec) -> bool:
+    kind = spec[0]
+    return isinstance(kind, list) or kind in WIDGET_TYPES
+
+
+def _has_control(name: str, spec) -> bool:
+    cfg = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    return spec[0] in ("INT", "FLOAT") and (cfg.get("control_after_generate") or name in ("seed", "noise_seed"))
+
+
+def to_api(workflow: dict, object_info: dict) -> dict:
+    """API graph; raises KeyError/ValueError when a node type, input or link does not fit ``object_info``."""
+    links = {link[0]: link for link in workflow["links"]}
+    graph = {}
+    for node in workflow["nodes"]:
+        if node["type"] in UI_ONLY:
+            continue
+        info = object_info[node["type"]]
+        specs = {**info["input"].get("required", {}), **info["input"].get("optional", {})}
+        order = info.get("input_order", {})
+        names = order.get("required", []) + order.get("optional", []) if order else list(specs)
+        linked = {i["name"]: i["link"] for i in node.get("inputs", []) if i.get("link") is not None}
+        values = list(node.get("widgets_values") or [])
+        inputs = {}
+        for name in names:
+            spec = specs[name]
+            if _is_widget(spec):
+                if not values:
+                    if name in linked:
+                        pass
+                    else:
+                        continue
+                else:
+                    value = values.pop(0)
+                    if _has_control(name, spec) and values:
+                        values.pop(0)
+                    inputs[name] = value
+            if name in linked:
+                link = links[linked[name]]
+                if link[3] != node["id"]:
+                    raise ValueError(f"link {link[0]} does not end at node {node['id']}")
+                inputs[name] = [str(link[1]), link[2]]
+        graph[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return graph
