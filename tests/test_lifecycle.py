@@ -262,3 +262,27 @@ def test_env_key_wins_over_key_file(tmp_path):
     key_file.write_text("from-file-key\n")
     assert resolve_api_key(key_file, environ={"GMI_API_KEY": "from-env-key"}) == "from-env-key"
     assert resolve_api_key(key_file, environ={}) == "from-file-key"
+
+
+@pytest.mark.parametrize("aspect", ["16:9", "9:16", "1:1"])
+async def test_each_aspect_ratio_gives_its_frame_size(gmi, fake_time, tmp_path, aspect):
+    import numpy as np
+
+    from conftest import CLIP_SIZES
+    from gmi_video_pack.gmi.media import decode_frames, probe
+
+    result = await run(gmi, fake_time, tmp_path, aspect_ratio=aspect)
+    info = probe(result.path)
+    frames = np.empty((info.frame_count, info.height, info.width, 3), np.float32)
+    decode_frames(result.path, info, frames)
+    assert frames.shape[1:3] == CLIP_SIZES[aspect][::-1]
+
+
+async def test_sound_off_gives_silence_of_the_clip_length(gmi, fake_time, tmp_path):
+    from gmi_video_pack.gmi.media import decode_audio, probe
+
+    result = await run(gmi, fake_time, tmp_path, sound=False)
+    info = probe(result.path)
+    wave, rate = decode_audio(result.path, info)
+    assert gmi.post_bodies[0]["payload"]["sound"] == "off"
+    assert wave.shape[1] == round(info.frame_count / info.fps * rate) and not wave.any()
