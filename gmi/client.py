@@ -211,37 +211,55 @@ class GMIClient:
         return HTTPError(f"GMI {what} failed: HTTP {status}: {text}{rid}", status=status, gmi_text=text,
                          request_id=request_id, retry_after=retry_after)
 
-    async def submit(self, model_id: str, payload: dict, *, deadline: float) -> RemoteJob:
-        """POST the job once. 429/503 (nothing created) are retried until ``deadline``. A lost answer
-        (timeout, reset, 5xx, unreadable body) raises SubmitUnknownError: a billed job may exist."""
+    async def submit(self, model_id: str, payload: dict) -> RemoteJob:
+        """One POST of the job. Raises RateLimitedError (429/503: nothing was created, retry later), HTTPError or
+        AuthError (refused: nothing was created), GMIError (GMI unreachable: nothing was sent), or
+        SubmitUnknownError (sent, answer lost: timeout, reset, other 5xx, unreadable body; a billed job may exist)."""
         assert self._session is not None, "use the client inside 'async with'"
-        attempt = 0
-        while True:
+        try:
+            async with self._session.post(f"{self.api_root}/requests", json={"model": model_id, "payload": payload},
+                                          headers=self._auth(),
+                                          timeout=aiohttp.ClientTimeout(total=self.timing.submit_timeout)) as resp:
+                if resp.status >= 400:
+                    error = await self._http_error(resp, "submit", None)
+                    if resp.status >= 500 and resp.status != 503:
+                        raise SubmitUnknownError(
+                            f"GMI answered the submit with HTTP {resp.status}: {error.gmi_text}. The job may "
+                            "still have been created and billed")
+                    raise error
+                return parse_job(await resp.json(content_type=None))
+        except aiohttp.ClientConnectorError as exc:
+            raise GMIError(f"Could not reach GMI at {self.api_root.split('/api/')[0]} "
+                           f"({self._clean(str(exc))[:200]}); nothing was submitted. Check the network and queue "
+                           "again.") from None
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            raise SubmitUnknownError(
+                f"The answer to the submit was lost ({self._clean(type(exc).__name__ + ': ' + str(exc))[:200]}). "
+                "The job may have been created and billed") from None
+
+    async def list_requests(self, model_id: str) -> list[RemoteJob] | None:
+        """Recent jobs of this account for ``model_id`` (GET /requests, known only from third-party clients), or
+        None when GMI does not offer the listing."""
+        assert self._session is not None, "use the client inside 'async with'"
+        try:
+            async with self._session.get(f"{self.api_root}/requests", params={"model_id": model_id},
+                                         headers=self._auth(),
+                                         timeout=aiohttp.ClientTimeout(total=self.timing.status_timeout)) as resp:
+                if resp.status >= 400:
+                    return None
+                body = await resp.json(content_type=None)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            return None
+        items = body.get("requests") if isinstance(body, dict) else body
+        if not isinstance(items, list):
+            return None
+        jobs = []
+        for item in items:
             try:
-                async with self._session.post(f"{self.api_root}/requests", json={"model": model_id, "payload": payload},
-                                              headers=self._auth(),
-                                              timeout=aiohttp.ClientTimeout(total=self.timing.submit_timeout)) as resp:
-                    if resp.status >= 400:
-                        error = await self._http_error(resp, "submit", None)
-                        if resp.status >= 500 and resp.status != 503:
-                            raise SubmitUnknownError(
-                                f"GMI answered the submit with HTTP {resp.status}: {error.gmi_text}. The job may "
-                                "still have been created and billed, so it was not sent again.")
-                        if isinstance(error, RateLimitedError):
-                            delay = backoff_delay(attempt, self.timing, error.retry_after, self.rng)
-                            if self.clock() + delay > deadline:
-                                raise error
-                            log.info("GMI submit: HTTP %s, retrying in %.1fs", resp.status, delay)
-                            attempt += 1
-                            await self.sleep(delay)
-                            continue
-                        raise error
-                    body = await resp.json(content_type=None)
-                    return parse_job(body)
-            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
-                raise SubmitUnknownError(
-                    f"The answer to the submit was lost ({self._clean(type(exc).__name__ + ': ' + str(exc))[:200]}). "
-                    "The job may have been created and billed, so it was not sent again.") from None
+                jobs.append(parse_job(item))
+            except ValueError:
+                continue
+        return jobs
 
     async def status(self, request_id: str, *, deadline: float) -> RemoteJob:
         """Read one status record. Transient faults (429, 5xx, resets, bad JSON) are retried until ``deadline``."""

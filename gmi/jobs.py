@@ -23,11 +23,14 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
-from .client import Clock, GMIClient, RemoteJob, Sleep, pick_video_url
-from .errors import (DownloadError, GMIError, JobFailedError, JobTimeoutError, SubmitUnknownError)
+from .client import Clock, GMIClient, RemoteJob, Sleep, backoff_delay, pick_video_url
+from .errors import (DownloadError, GMIError, HTTPError, JobFailedError, JobTimeoutError, RateLimitedError,
+                     SubmitUnknownError)
 from .models import ModelSpec
 
 log = logging.getLogger("gmi")
+
+RECONCILE_SKEW = 120.0  # seconds of clock difference allowed between this machine and GMI when matching a lost POST
 
 
 class JobState(str, Enum):
@@ -52,6 +55,7 @@ class Job:
     media_url: str | None = None
     path: str | None = None
     error: str | None = None
+    submit_started_at: float | None = None  # wall clock when the last POST began: the window to look it up in
     created_at: float = 0.0
     updated_at: float = 0.0
 
@@ -104,7 +108,7 @@ class Journal:
             db.execute("""CREATE TABLE IF NOT EXISTS jobs (
                 key TEXT PRIMARY KEY, model_id TEXT NOT NULL, payload TEXT NOT NULL, take INTEGER NOT NULL,
                 state TEXT NOT NULL, request_id TEXT, media_url TEXT, path TEXT, error TEXT,
-                created_at REAL NOT NULL, updated_at REAL NOT NULL)""")
+                submit_started_at REAL, created_at REAL NOT NULL, updated_at REAL NOT NULL)""")
             db.execute("CREATE INDEX IF NOT EXISTS jobs_request_id ON jobs(request_id)")
 
     def _connect(self) -> sqlite3.Connection:
@@ -170,22 +174,6 @@ async def holding(key: str, sleep: Sleep) -> AsyncIterator[None]:
             _holders.discard(key)
 
 
-def interruptible_sleep(check: Callable[[], None], slice_seconds: float = 0.25) -> Sleep:
-    """A sleep that calls ``check`` (which raises to stop) at least every ``slice_seconds``."""
-
-    async def sleep(seconds: float) -> None:
-        loop = asyncio.get_running_loop()
-        end = loop.time() + max(0.0, seconds)
-        while True:
-            check()
-            remaining = end - loop.time()
-            if remaining <= 0:
-                return
-            await asyncio.sleep(min(slice_seconds, remaining))
-
-    return sleep
-
-
 def video_file_name(model_id: str, request_id: str) -> str:
     """Unique per request: two nodes running at once never collide."""
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", request_id)[:80]
@@ -194,77 +182,182 @@ def video_file_name(model_id: str, request_id: str) -> str:
 
 class JobRunner:
     """Runs one take through the lifecycle. ``connect`` makes a GMIClient (called only when the network is needed,
-    so a saved take is served even without a key)."""
+    so a saved take is served even without a key). To stop a run, cancel its task: the journal stays consistent."""
 
     def __init__(self, journal: Journal, connect: Callable[[], GMIClient], output_dir: Path, *,
                  clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep, poll: PollPolicy = PollPolicy(),
-                 on_progress: Callable[[Progress], None] = lambda p: None):
+                 wall_clock: Clock = time.time, on_progress: Callable[[Progress], None] = lambda p: None):
         self.journal = journal
         self.connect = connect
         self.output_dir = Path(output_dir)
         self.clock = clock
+        self.wall_clock = wall_clock
         self.sleep = sleep
         self.poll = poll
         self.on_progress = on_progress
 
-    async def _journal(self, method: Callable, *args: Any) -> Any:
-        return await asyncio.to_thread(method, *args)
+    async def _record(self, job: Job) -> None:
+        # Shielded: a cancel arriving mid-write must not lose what was just learned (a request id, a file).
+        await asyncio.shield(asyncio.to_thread(self.journal.record, job))
+
+    def _saved(self, job: Job | None) -> JobResult | None:
+        if job is not None and job.state is JobState.SAVED and job.path and Path(job.path).is_file():
+            self.on_progress(Progress("reused", f"reused saved video of request {job.request_id}", 1.0,
+                                      job.request_id))
+            return JobResult(job.request_id, Path(job.path), reused=True)
+        return None
 
     async def run(self, spec: ModelSpec, payload: dict, take: int, *, timeout_s: float) -> JobResult:
         """The saved video of this take, paying for it only if no earlier run already did."""
         key = job_key(spec.model_id, payload, take)
         deadline = self.clock() + timeout_s
         async with holding(key, self.sleep):
-            job = await self._journal(self.journal.get, key)
-            if job is not None and job.state is JobState.SAVED and job.path and Path(job.path).is_file():
-                self.on_progress(Progress("reused", f"reused saved video of request {job.request_id}", 1.0,
-                                          job.request_id))
-                return JobResult(job.request_id, Path(job.path), reused=True)
+            job = await asyncio.to_thread(self.journal.get, key)
+            if (reused := self._saved(job)) is not None:
+                return reused
             if job is None or job.state is JobState.FAILED:
                 job = Job(key=key, model_id=spec.model_id, payload=payload, take=take, state=JobState.SUBMITTING)
-            elif job.state in (JobState.SUBMITTING, JobState.SUBMIT_UNKNOWN):
-                await self._mark_submit_unknown(job, job.error or "the previous run stopped while submitting")
+                fresh = True
+            else:
+                fresh = False
             async with self.connect() as client:
-                return await self._drive(client, spec, job, deadline)
+                if not fresh and job.state in (JobState.SUBMITTING, JobState.SUBMIT_UNKNOWN):
+                    await self._reconcile(client, job)
+                if job.state is JobState.SUBMITTING:
+                    await self._submit(client, job, deadline)
+                return await self._drive(client, job, deadline)
 
-    async def _drive(self, client: GMIClient, spec: ModelSpec, job: Job, deadline: float) -> JobResult:
-        if job.state is JobState.SUBMITTING:
-            await self._submit(client, job, deadline)
+    async def collect(self, request_id: str, *, timeout_s: float) -> JobResult:
+        """The video of an existing request, by its id: never submits anything."""
+        request_id = request_id.strip()
+        deadline = self.clock() + timeout_s
+        known = await asyncio.to_thread(self.journal.find_request, request_id)
+        key = known.key if known is not None else f"request:{request_id}"
+        async with holding(key, self.sleep):
+            job = await asyncio.to_thread(self.journal.get, key) if known is not None else None
+            if (reused := self._saved(job)) is not None:
+                return reused
+            async with self.connect() as client:
+                try:
+                    remote = await client.status(request_id, deadline=deadline)
+                except HTTPError as exc:
+                    if exc.status in (400, 404):
+                        raise GMIError(f"GMI has no request {request_id!r} (HTTP {exc.status}: {exc.gmi_text}). "
+                                       "Copy the id from a request_id output, an error message or GMI's console.") \
+                            from None
+                    raise
+                if job is None:
+                    job = Job(key=key, model_id=str(remote.raw.get("model") or "gmi"), payload={}, take=-1,
+                              state=JobState.SUBMITTED, request_id=request_id)
+                if job.state is not JobState.SUCCEEDED or remote.terminal:
+                    job.state = JobState.SUBMITTED
+                    if remote.terminal:
+                        await self._finish(job, remote)
+                    else:
+                        await self._record(job)
+                return await self._drive(client, job, deadline)
+
+    async def _drive(self, client: GMIClient, job: Job, deadline: float) -> JobResult:
         if job.state is JobState.SUBMITTED:
             await self._wait(client, job, deadline)
         # SUCCEEDED, or SAVED with the file gone: fetch the video (again).
-        return await self._download(client, spec, job)
+        return await self._download(client, job)
 
     async def _submit(self, client: GMIClient, job: Job, deadline: float) -> None:
-        job.state, job.request_id, job.media_url, job.path, job.error = JobState.SUBMITTING, None, None, None, None
-        await self._journal(self.journal.record, job)  # before the POST: a crash during it is then known
-        self.on_progress(Progress("submitting", f"submitting to GMI ({job.model_id})", 0.0))
-        try:
-            remote = await client.submit(job.model_id, job.payload, deadline=deadline)
-        except SubmitUnknownError as exc:
-            await self._mark_submit_unknown(job, str(exc))
-        except GMIError as exc:
-            job.state, job.error = JobState.FAILED, str(exc)  # refused: no job exists, the same take may retry
-            await self._journal(self.journal.record, job)
-            raise
-        except BaseException:
-            # Cancelled mid-POST: it may have reached GMI.
-            job.state, job.error = JobState.SUBMIT_UNKNOWN, "cancelled while submitting"
-            await asyncio.shield(self._journal(self.journal.record, job))
-            raise
+        job.request_id = job.media_url = job.path = job.error = None
+        attempt = 0
+        while True:
+            job.state, job.submit_started_at = JobState.SUBMITTING, self.wall_clock()
+            await self._record(job)  # before the POST: a crash during it is then known
+            self.on_progress(Progress("submitting", f"submitting to GMI ({job.model_id})", 0.0))
+            try:
+                remote, cancelled = await self._post(client, job)
+            except RateLimitedError as exc:  # nothing was created: wait and try again, within the deadline
+                delay = backoff_delay(attempt, client.timing, exc.retry_after, client.rng)
+                if self.clock() + delay > deadline:
+                    await self._fail(job, str(exc))
+                    raise
+                log.info("GMI submit: HTTP %s, retrying in %.1fs", exc.status, delay)
+                self.on_progress(Progress("submitting", f"GMI is busy (HTTP {exc.status}); retrying in {delay:.0f}s"))
+                attempt += 1
+                await self.sleep(delay)
+                continue
+            except SubmitUnknownError as exc:
+                await self._mark_submit_unknown(job, str(exc))
+            except GMIError as exc:
+                await self._fail(job, str(exc))  # refused or unreachable: no job exists, the same take may retry
+                raise
+            break
         job.state, job.request_id = JobState.SUBMITTED, remote.request_id
-        await self._journal(self.journal.record, job)
+        await self._record(job)
         log.info("GMI %s: submitted take %d as request %s", job.model_id, job.take, remote.request_id)
         if remote.terminal:
             await self._finish(job, remote)
+        if cancelled:
+            raise asyncio.CancelledError()
 
-    async def _mark_submit_unknown(self, job: Job, why: str) -> None:
+    async def _post(self, client: GMIClient, job: Job) -> tuple[RemoteJob, bool]:
+        """One POST, carried to its answer even when this run is cancelled meanwhile (the answer says whether a paid
+        job exists). Returns the answer and whether a cancel arrived during it."""
+        post = asyncio.ensure_future(client.submit(job.model_id, job.payload))
+        try:
+            return await asyncio.shield(post), False
+        except asyncio.CancelledError:
+            if post.cancelled():
+                raise
+        try:
+            return await post, True
+        except asyncio.CancelledError:  # cancelled twice (the prompt is being torn down): the answer is lost
+            post.cancel()
+            job.state, job.error = JobState.SUBMIT_UNKNOWN, "stopped while submitting"
+            await asyncio.to_thread(self.journal.record, job)
+            raise
+        except SubmitUnknownError as exc:
+            job.state, job.error = JobState.SUBMIT_UNKNOWN, str(exc)
+        except GMIError as exc:  # refused, busy or unreachable: nothing was created
+            job.state, job.error = JobState.FAILED, str(exc)
+        await self._record(job)
+        raise asyncio.CancelledError()
+
+    async def _fail(self, job: Job, why: str) -> None:
+        job.state, job.error = JobState.FAILED, why
+        await self._record(job)
+
+    async def _mark_submit_unknown(self, job: Job, why: str, candidates: list[str] | None = None) -> None:
         job.state, job.error = JobState.SUBMIT_UNKNOWN, why
-        await self._journal(self.journal.record, job)
+        await self._record(job)
+        found = (f" GMI lists jobs made then that may be it: {', '.join(candidates)}; collect one by its id."
+                 if candidates else " Look in GMI's console for a request made at that time and collect it by its id.")
         raise SubmitUnknownError(
-            f"{why.rstrip('.')}. A job for this take may exist at GMI and be billed, so the pack will not submit it "
-            f"again. Look in GMI's console for a request made at that time and collect it by its id, or change "
-            f"'take' to pay for a new generation.")
+            f"{why.rstrip('.')}. So that it is not paid twice, this take will not be submitted again.{found} "
+            f"Or change 'take' to pay for a new generation.")
+
+    async def _reconcile(self, client: GMIClient, job: Job) -> None:
+        """A POST whose answer was lost: find the job it made, or prove it made none, before any new POST."""
+        why = job.error or "the previous run stopped while submitting"
+        started = job.submit_started_at
+        listing = await client.list_requests(job.model_id) if started is not None else None
+        if listing is None:
+            await self._mark_submit_unknown(job, why)
+        known = {j.request_id for j in await asyncio.to_thread(self.journal.all)}
+        window = [r for r in listing if r.request_id not in known
+                  and isinstance(r.raw.get("created_at"), (int, float))
+                  and started - RECONCILE_SKEW <= r.raw["created_at"] <= started + RECONCILE_SKEW + 300]
+        exact = [r for r in window if r.raw.get("payload") == job.payload]
+        if len(exact) == 1:
+            log.info("GMI %s: found request %s for the lost submit of take %d", job.model_id, exact[0].request_id,
+                     job.take)
+            job.state, job.request_id, job.error = JobState.SUBMITTED, exact[0].request_id, None
+            await self._record(job)
+            if exact[0].terminal:
+                await self._finish(job, exact[0])
+            return
+        if not window:
+            # GMI lists no job of this model made around then: the lost POST created nothing. Submit again.
+            log.info("GMI %s: the lost submit of take %d made no job; submitting", job.model_id, job.take)
+            job.state = JobState.SUBMITTING
+            return
+        await self._mark_submit_unknown(job, why, [r.request_id for r in window])
 
     async def _wait(self, client: GMIClient, job: Job, deadline: float) -> None:
         started = self.clock()
@@ -289,22 +382,20 @@ class JobRunner:
         if remote.status == "success":
             url = pick_video_url(remote.outcome)
             if url is None:
-                job.state, job.error = JobState.FAILED, "success without a video URL"
-                await self._journal(self.journal.record, job)
+                await self._fail(job, "success without a video URL")
                 raise JobFailedError(f"GMI reports request {job.request_id} done but gave no video URL "
                                      f"(outcome: {json.dumps(remote.outcome)[:300]}).",
                                      request_id=job.request_id, status=remote.status, reason="no video URL")
             job.state, job.media_url = JobState.SUCCEEDED, url
-            await self._journal(self.journal.record, job)
+            await self._record(job)
             return
         reason = remote.failure_reason()
-        job.state, job.error = JobState.FAILED, f"{remote.status}: {reason}"
-        await self._journal(self.journal.record, job)
+        await self._fail(job, f"{remote.status}: {reason}")
         raise JobFailedError(f"GMI {remote.status} request {job.request_id}: {reason}",
                              request_id=job.request_id, status=remote.status, reason=reason)
 
-    async def _download(self, client: GMIClient, spec: ModelSpec, job: Job) -> JobResult:
-        dest = self.output_dir / video_file_name(spec.model_id, job.request_id)
+    async def _download(self, client: GMIClient, job: Job) -> JobResult:
+        dest = self.output_dir / video_file_name(job.model_id, job.request_id)
 
         def progress(done: int, total: int | None) -> None:
             mb = f"{done / 1e6:.1f} of {total / 1e6:.1f} MB" if total else f"{done / 1e6:.1f} MB"
@@ -320,9 +411,9 @@ class JobRunner:
             if not fresh or fresh == job.media_url:
                 raise
             job.media_url = fresh
-            await self._journal(self.journal.record, job)
+            await self._record(job)
             await client.download(fresh, dest, request_id=job.request_id, on_progress=progress)
         job.state, job.path, job.error = JobState.SAVED, str(dest), None
-        await self._journal(self.journal.record, job)
+        await self._record(job)
         self.on_progress(Progress("saved", f"saved {dest.name}", 1.0, job.request_id))
         return JobResult(job.request_id, dest, reused=False)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 
 def node_list() -> list:
+    from .collect import GMICollectVideo
     from .text_to_video import GMIKlingV3TextToVideo
 
-    return [GMIKlingV3TextToVideo]
+    return [GMIKlingV3TextToVideo, GMICollectVideo]

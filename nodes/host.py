@@ -4,6 +4,7 @@ Imported only from comfy_entrypoint(), inside a running ComfyUI.
 """
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from comfy_api.latest import InputImpl, io, ui
 from server import PromptServer
 
 from ..gmi.client import GMIClient
-from ..gmi.jobs import Journal, JobRunner, Progress, interruptible_sleep
+from ..gmi.jobs import Journal, JobRunner, Progress
 from ..gmi.keys import KEY_FILE_NAME, resolve_api_key
 
 SUBFOLDER = "gmi"  # under ComfyUI's output folder
@@ -37,6 +38,26 @@ def check_interrupt() -> None:
     comfy.model_management.throw_exception_if_processing_interrupted()
 
 
+async def until_interrupted(coro):
+    """Runs ``coro`` as a task. ComfyUI's Cancel only sets a flag, so the flag is read four times a second; when set,
+    the task is cancelled (the engine records what it must, e.g. the answer of a POST in flight) and ComfyUI's
+    interrupt is raised."""
+    task = asyncio.ensure_future(coro)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.25)
+            if done:
+                return task.result()
+            if comfy.model_management.processing_interrupted():
+                task.cancel()
+                await asyncio.wait({task})
+                check_interrupt()
+                return task.result()
+    except asyncio.CancelledError:  # the prompt is torn down (e.g. a sibling node failed)
+        task.cancel()
+        raise
+
+
 class Reporter:
     """Lifecycle events -> the node's progress bar and the line of text under it, for the browser that queued."""
 
@@ -47,7 +68,10 @@ class Reporter:
     def __call__(self, event: Progress) -> None:
         low, high = STAGE_SPAN.get(event.stage, (0, 100))
         value = low + (high - low) * (event.fraction if event.fraction is not None else 0.0)
-        self.bar.update_absolute(round(value), 100)  # also raises if Cancel was pressed
+        try:
+            self.bar.update_absolute(round(value), 100)
+        except comfy.model_management.InterruptProcessingException:
+            return  # the bar's hook raises on Cancel; reporting must never break the engine mid-step
         self.text(event.text)
 
     def frames(self, done: int, total: int) -> None:
@@ -64,10 +88,9 @@ def make_runner(reporter: Reporter) -> JobRunner:
     base_url = os.environ.get("GMI_BASE_URL", DEFAULT_BASE_URL)
 
     def connect() -> GMIClient:
-        return GMIClient(base_url, resolve_api_key(user_dir / KEY_FILE_NAME), sleep=interruptible_sleep(check_interrupt))
+        return GMIClient(base_url, resolve_api_key(user_dir / KEY_FILE_NAME))
 
-    return JobRunner(Journal(user_dir / "jobs.sqlite3"), connect, output_dir(),
-                     sleep=interruptible_sleep(check_interrupt), on_progress=reporter)
+    return JobRunner(Journal(user_dir / "jobs.sqlite3"), connect, output_dir(), on_progress=reporter)
 
 
 def video_from_file(path: Path):

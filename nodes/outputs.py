@@ -4,16 +4,40 @@ from __future__ import annotations
 import asyncio
 import threading
 from pathlib import Path
+from typing import Awaitable, Callable
 
 import torch
 from comfy_api.latest import io
 
 from ..gmi.errors import MediaError
-from ..gmi.jobs import JobResult
+from ..gmi.jobs import JobResult, JobRunner
 from ..gmi.media import VideoInfo, decode_audio, decode_frames, probe
 from . import host
+from .graph import linked_outputs
 
 FRAMES, AUDIO = 1, 2  # output indices that cost decoding
+
+# Jobs whose last run skipped decoding an unlinked output. Their cache key changes on the next queue, so a newly
+# linked frames/audio consumer never receives the placeholder (re-running a saved job costs no request).
+_partial_runs: dict[str, int] = {}
+
+
+def fingerprint(job: str | None) -> str:
+    """The node's cache key part for ``job`` (None: inputs are linked or invalid, ComfyUI's signature decides)."""
+    if job is None:
+        return f"partial:{sum(_partial_runs.values())}"
+    return f"{job}:{_partial_runs.get(job, 0)}"
+
+
+async def run_and_output(node: type, job: str, start: Callable[[JobRunner], Awaitable[JobResult]]) -> io.NodeOutput:
+    """The shared body of the video nodes: run the job (Cancel-aware), then build the outputs the graph uses."""
+    reporter = host.Reporter(node.hidden.unique_id)
+    result = await host.until_interrupted(start(host.make_runner(reporter)))
+    linked = linked_outputs(node.hidden.prompt, node.hidden.unique_id)
+    output = await node_output(result, linked, reporter)
+    if linked is not None and not {FRAMES, AUDIO} <= linked:
+        _partial_runs[job] = _partial_runs.get(job, 0) + 1
+    return output
 
 
 def schema_outputs() -> list:

@@ -6,18 +6,18 @@ from comfy_api.latest import io
 from ..gmi.errors import GMIError
 from ..gmi.jobs import job_key
 from ..gmi.models import KLING_V3_T2V, check_take, check_timeout_minutes
-from . import host, outputs
-from .graph import linked_outputs
-
-# Takes whose last run skipped decoding an unlinked output. Their cache key changes on the next queue, so a
-# newly linked frames/audio consumer never receives the placeholder (re-running a saved take costs nothing).
-_partial_runs: dict[str, int] = {}
+from . import outputs
 
 
 def _payload_and_take(prompt, negative_prompt, duration, aspect_ratio, sound, take):
     payload = KLING_V3_T2V.build_payload({"prompt": prompt, "negative_prompt": negative_prompt, "duration": duration,
                                           "aspect_ratio": aspect_ratio, "sound": sound})
     return payload, check_take(take)
+
+
+def timeout_input() -> io.Int.Input:
+    return io.Int.Input("timeout_minutes", default=30, min=1, max=1440, optional=True,
+                        tooltip="Stop waiting after this long; the job is kept and a later queue collects it.")
 
 
 class GMIKlingV3TextToVideo(io.ComfyNode):
@@ -43,8 +43,7 @@ class GMIKlingV3TextToVideo(io.ComfyNode):
                 io.Int.Input("take", default=0, min=0, max=0xFFFFFFFF, control_after_generate=True,
                              tooltip="Same take of the same inputs = the same paid video, reused. Another take = a new "
                                      "paid generation. Keep the control on 'fixed' to avoid paying on every queue."),
-                io.Int.Input("timeout_minutes", default=30, min=1, max=1440, optional=True,
-                             tooltip="Stop waiting after this long; the job is kept and a later queue collects it."),
+                timeout_input(),
             ],
             outputs=outputs.schema_outputs(),
             hidden=[io.Hidden.unique_id, io.Hidden.prompt],
@@ -55,12 +54,13 @@ class GMIKlingV3TextToVideo(io.ComfyNode):
     def validate_inputs(cls, prompt=None, negative_prompt=None, duration=None, aspect_ratio=None, sound=None,
                         take=None, timeout_minutes=None, **_) -> bool | str:
         # Linked inputs arrive as None here; execute checks them again with their real values.
-        checks = [("duration", duration, lambda v: KLING_V3_T2V.param("duration").check(v)),
-                  ("aspect_ratio", aspect_ratio, lambda v: KLING_V3_T2V.param("aspect_ratio").check(v)),
-                  ("take", take, check_take), ("timeout_minutes", timeout_minutes, check_timeout_minutes)]
-        if prompt is not None:
-            checks.append(("prompt", prompt, lambda v: KLING_V3_T2V.param("prompt").check(v)))
-        for _name, value, check in checks:
+        checks = [(duration, KLING_V3_T2V.param("duration").check),
+                  (aspect_ratio, KLING_V3_T2V.param("aspect_ratio").check),
+                  (sound, KLING_V3_T2V.param("sound").check),
+                  (prompt, KLING_V3_T2V.param("prompt").check),
+                  (negative_prompt, KLING_V3_T2V.param("negative_prompt").check),
+                  (take, check_take), (timeout_minutes, check_timeout_minutes)]
+        for value, check in checks:
             if value is None:
                 continue
             try:
@@ -76,20 +76,14 @@ class GMIKlingV3TextToVideo(io.ComfyNode):
             key = job_key(KLING_V3_T2V.model_id,
                           *_payload_and_take(prompt, negative_prompt, duration, aspect_ratio, sound, take))
         except GMIError:
-            # Linked (None here) or invalid inputs: ComfyUI's own input signature decides, plus any partial run.
-            return f"partial:{sum(_partial_runs.values())}"
-        return f"{key}:{_partial_runs.get(key, 0)}"
+            key = None
+        return outputs.fingerprint(key)
 
     @classmethod
     async def execute(cls, prompt: str, negative_prompt: str, duration: int, aspect_ratio: str, sound: bool, take: int,
                       timeout_minutes: int = 30) -> io.NodeOutput:
         payload, take = _payload_and_take(prompt, negative_prompt, duration, aspect_ratio, sound, take)
         timeout_s = check_timeout_minutes(timeout_minutes) * 60
-        reporter = host.Reporter(cls.hidden.unique_id)
-        result = await host.make_runner(reporter).run(KLING_V3_T2V, payload, take, timeout_s=timeout_s)
-        linked = linked_outputs(cls.hidden.prompt, cls.hidden.unique_id)
-        output = await outputs.node_output(result, linked, reporter)
-        if linked is not None and not {outputs.FRAMES, outputs.AUDIO} <= linked:
-            key = job_key(KLING_V3_T2V.model_id, payload, take)
-            _partial_runs[key] = _partial_runs.get(key, 0) + 1
-        return output
+        return await outputs.run_and_output(
+            cls, job_key(KLING_V3_T2V.model_id, payload, take),
+            lambda runner: runner.run(KLING_V3_T2V, payload, take, timeout_s=timeout_s))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 import uuid
 from collections import defaultdict
 from pathlib import Path
@@ -43,6 +44,7 @@ class FakeGMI:
         self.finish_on_post = False     # the POST answers with the finished job (seen live for some models)
         self.never_finish = False       # a job that sits queued forever
         self.outcome_extra: dict = {}
+        self.listing = False            # whether GET /requests (known only from third-party clients) exists
 
     # --- lifecycle --------------------------------------------------------------------------------------------
 
@@ -50,6 +52,7 @@ class FakeGMI:
         api = web.Application()
         api.router.add_post(QUEUE + "/requests", self._submit)
         api.router.add_get(QUEUE + "/requests/{rid}", self._status)
+        api.router.add_get(QUEUE + "/requests", self._list)
         media = web.Application()
         media.router.add_get("/media/{name}", self._media)
         self._runners = []
@@ -76,7 +79,7 @@ class FakeGMI:
         return list(self.jobs)
 
     def status_reads(self) -> int:
-        return sum(1 for method, path, _ in self.api_requests if method == "GET")
+        return sum(1 for method, path, _ in self.api_requests if method == "GET" and "/requests/" in path)
 
     # --- handlers ---------------------------------------------------------------------------------------------
 
@@ -102,7 +105,8 @@ class FakeGMI:
     def _record(self, job: dict) -> dict:
         record = {"request_id": job["rid"], "org_id": "org-test", "user_id": "user-test",
                   "model": job["model"], "status": job["status"], "is_public": False, "payload": job["payload"],
-                  "outcome": None, "created_at": 1753427199, "updated_at": 1753427200, "queued_at": 1753427199}
+                  "outcome": None, "created_at": job["created_at"], "updated_at": job["created_at"] + 1,
+                  "queued_at": job["created_at"]}
         if job["status"] == "success":
             aspect, sound = job["payload"].get("aspect_ratio", "16:9"), job["payload"].get("sound", "on") == "on"
             record["outcome"] = {"thumbnail_image_url": f"{self.media_url}/media/{job['rid']}.jpg",
@@ -125,7 +129,8 @@ class FakeGMI:
         if body.get("model") != "kling-v3-text-to-video":
             return web.json_response({"error": f"model {body.get('model')} not found"}, status=404)
         rid = uuid.uuid4().hex
-        job = {"rid": rid, "model": body["model"], "payload": body["payload"], "status": "queued", "reads": 0}
+        job = {"rid": rid, "model": body["model"], "payload": body["payload"], "status": "queued", "reads": 0,
+               "created_at": int(time.time())}
         self.jobs[rid] = job
         if self.faults["post_after_create"]:
             # The job exists (and is billed) but the answer never reaches the client.
@@ -153,6 +158,23 @@ class FakeGMI:
             elif job["reads"] > 1:
                 job["status"] = "processing"
         return web.json_response(self._record(job))
+
+    async def _list(self, request: web.Request) -> web.StreamResponse:
+        self.api_requests.append(("GET", request.path, dict(request.headers)))
+        if not self.listing:
+            return web.json_response({"error": "not found"}, status=404)
+        if not self._authorized(request):
+            return web.json_response({"error": "Invalid API key"}, status=401)
+        model = request.query.get("model_id")
+        records = [self._record(job) for job in self.jobs.values() if model in (None, job["model"])]
+        return web.json_response({"requests": records, "total": len(records)})
+
+    def add_console_job(self, payload: dict, status: str = "success") -> str:
+        """A job made outside the pack (e.g. in GMI's console); returns its request id."""
+        rid = uuid.uuid4().hex
+        self.jobs[rid] = {"rid": rid, "model": "kling-v3-text-to-video", "payload": payload, "status": status,
+                          "reads": 0, "created_at": int(time.time())}
+        return rid
 
     async def _media(self, request: web.Request) -> web.StreamResponse:
         self.media_requests.append((request.path, dict(request.headers)))
