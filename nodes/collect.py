@@ -34,7 +34,7 @@ class GMICollectVideo(io.ComfyNode):
                 io.String.Input("request_id", default="", tooltip="The GMI request id to collect."),
                 timeout_input(),
             ],
-            outputs=outputs.schema_outputs(),
+            outputs=outputs.schema_outputs(request_id_output="collected_request_id"),
             hidden=[io.Hidden.unique_id, io.Hidden.prompt],
             is_output_node=True,
         )

@@ -40,7 +40,9 @@ async def run_and_output(node: type, job: str, start: Callable[[JobRunner], Awai
     return output
 
 
-def schema_outputs() -> list:
+def schema_outputs(request_id_output: str = "request_id") -> list:
+    """The outputs, in their saved-workflow order. Ids must differ from the node's input ids (a node taking a
+    ``request_id`` input names that output otherwise); the sockets show the display names."""
     return [
         io.Video.Output("video", display_name="video", tooltip="The downloaded MP4 as a video (file-backed, no re-encode)."),
         io.Image.Output("frames", display_name="frames",
@@ -49,7 +51,7 @@ def schema_outputs() -> list:
                         tooltip="The soundtrack at the file's sample rate; silence of the clip's length when it has none."),
         io.Float.Output("fps", display_name="fps", tooltip="Frames per second of the video."),
         io.Int.Output("frame_count", display_name="frame_count", tooltip="Number of frames in the video."),
-        io.String.Output("request_id", display_name="request_id",
+        io.String.Output(request_id_output, display_name="request_id",
                          tooltip="GMI's request id: collect the video again with it, or find it in GMI's console."),
         io.String.Output("path", display_name="path", tooltip="Where the MP4 was saved."),
     ]

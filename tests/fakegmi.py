@@ -44,6 +44,7 @@ class FakeGMI:
         self.finish_on_post = False     # the POST answers with the finished job (seen live for some models)
         self.never_finish = False       # a job that sits queued forever
         self.outcome_extra: dict = {}
+        self.status_hook = None         # async (request) -> response or None, consulted on every status read
         self.listing = False            # whether GET /requests (known only from third-party clients) exists
 
     # --- lifecycle --------------------------------------------------------------------------------------------
@@ -144,6 +145,8 @@ class FakeGMI:
     async def _status(self, request: web.Request) -> web.StreamResponse:
         self.api_requests.append(("GET", request.path, dict(request.headers)))
         fault = await self._fault("status", request)
+        if fault is None and self.status_hook is not None:
+            fault = await self.status_hook(request)
         if fault is not None:
             return fault
         if not self._authorized(request):

@@ -63,6 +63,11 @@ class Host:
                 await asyncio.sleep(0.2)
         raise RuntimeError("ComfyUI did not come up")
 
+    def kill(self) -> None:
+        """As if the machine lost power: no cleanup at all."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
@@ -117,6 +122,8 @@ def example_graph(object_info: dict) -> dict:
 
 async def test_example_workflow_runs_and_requeue_costs_nothing_even_after_restart(host, gmi):
     info = await host.get("/object_info")
+    assert "IMPORT FAILED" not in host.log.read_text() and "GMICollectVideo" in info
+    assert info["GMICollectVideo"]["output_name"] == info["GMIKlingV3TextToVideo"]["output_name"]
     ours = info["GMIKlingV3TextToVideo"]
     assert ours["display_name"] == "Kling v3 Text to Video (GMI Cloud)" and ours["category"] == "GMI Cloud/Video"
     assert ours["output_name"] == ["video", "frames", "audio", "fps", "frame_count", "request_id", "path"]
@@ -179,8 +186,73 @@ async def test_cancel_while_polling_stops_fast_and_requeue_collects_without_payi
     stopped_after = loop.time() - pressed
     messages = json.dumps(entry["status"]["messages"])
     assert "execution_interrupted" in messages, messages
+    print(f"\nCancel pressed -> prompt ended as interrupted after {stopped_after:.2f}s")
     assert stopped_after < 3.0, stopped_after
     gmi.never_finish = False
     entry = await host.wait(await host.queue(graph))
     assert entry["status"]["status_str"] == "success"
+    assert len(gmi.post_bodies) == 1
+
+
+async def test_killed_while_polling_then_restarted_reattaches_without_paying(host, gmi):
+    gmi.never_finish = True
+    graph = example_graph(await host.get("/object_info"))
+    await host.queue(graph)
+    for _ in range(300):
+        if gmi.status_reads() >= 1:
+            break
+        await asyncio.sleep(0.1)
+    host.kill()
+    gmi.never_finish = False
+    await host.start()
+    entry = await host.wait(await host.queue(graph))
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert len(gmi.post_bodies) == 1
+    assert gmi.created[0] in entry["outputs"]["1"]["images"][0]["filename"]
+
+
+async def test_collect_node_fetches_a_console_job_and_the_key_is_in_no_artefact(host, gmi):
+    rid = gmi.add_console_job({"prompt": "made in the console", "aspect_ratio": "9:16", "sound": "on"})
+    graph = {"1": {"class_type": "GMICollectVideo", "inputs": {"request_id": rid}},
+             "2": {"class_type": "SaveVideo", "inputs": {"video": ["1", 0], "filename_prefix": "video/collected",
+                                                         "format": "auto", "codec": "auto"}},
+             "3": {"class_type": "SaveAudio", "inputs": {"audio": ["1", 2], "filename_prefix": "audio/collected"}},
+             "4": {"class_type": "SaveImage", "inputs": {"images": ["1", 1], "filename_prefix": "frames/collected"}}}
+    prompt_id = await host.queue(graph)
+    entry = await host.wait(prompt_id)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert gmi.post_bodies == []
+    assert len(entry["outputs"]["4"]["images"]) == 48
+    bad = dict(graph)
+    bad["1"] = {"class_type": "GMICollectVideo", "inputs": {"request_id": "0123456789abcdef"}}
+    entry = await host.wait(await host.queue(bad))
+    assert entry["status"]["status_str"] == "error"
+    assert "no request '0123456789abcdef'" in json.dumps(entry["status"]["messages"])
+    # Every artefact of these runs: files the server wrote (outputs with their metadata, journal, database,
+    # logs, settings) and the history the browser reads.
+    history = json.dumps(await host.get("/history"))
+    key = gmi.key.encode()
+    leaked = [p for p in host.base.rglob("*") if p.is_file() and not p.is_symlink() and key in p.read_bytes()]
+    assert leaked == [] and gmi.key not in history
+
+
+async def test_sibling_failure_tears_down_the_prompt_and_requeue_collects_without_paying(host, gmi):
+    gmi.polls_until_done = 3
+
+    async def unknown_id_fails_once_the_take_is_polling(request):
+        if request.match_info["rid"] != "0123456789abcdef":
+            return None
+        while gmi.status_reads() < 2:  # this read counts as one: wait for the generating node's first poll
+            await asyncio.sleep(0.05)
+        return None  # then GMI's normal 404 for an unknown id
+
+    gmi.status_hook = unknown_id_fails_once_the_take_is_polling
+    graph = example_graph(await host.get("/object_info"))
+    failing = dict(graph)
+    failing["9"] = {"class_type": "GMICollectVideo", "inputs": {"request_id": "0123456789abcdef"}}
+    entry = await host.wait(await host.queue(failing))
+    assert entry["status"]["status_str"] == "error"
+    assert len(gmi.created) == 1 and "no request '0123456789abcdef'" in json.dumps(entry["status"]["messages"])
+    entry = await host.wait(await host.queue(graph))
+    assert entry["status"]["status_str"] == "success", entry["status"]
     assert len(gmi.post_bodies) == 1
