@@ -62,3 +62,7 @@ class DownloadError(GMIError):
 
 class MediaError(GMIError):
     """The video file could not be read or decoded."""
+
+
+class MemoryShortError(GMIError):
+    """Decoding would not fit in the memory that is free."""

@@ -6,6 +6,7 @@ import re
 from comfy_api.latest import io
 
 from ..gmi.errors import InputError
+from ..gmi.media import DecodeOptions
 from ..gmi.models import check_timeout_minutes
 from . import outputs
 from .text_to_video import timeout_input
@@ -33,6 +34,7 @@ class GMICollectVideo(io.ComfyNode):
             inputs=[
                 io.String.Input("request_id", default="", tooltip="The GMI request id to collect."),
                 timeout_input(),
+                *outputs.decode_inputs(),
             ],
             outputs=outputs.schema_outputs(request_id_output="collected_request_id"),
             hidden=[io.Hidden.unique_id, io.Hidden.prompt],
@@ -58,8 +60,10 @@ class GMICollectVideo(io.ComfyNode):
             return outputs.fingerprint(None)
 
     @classmethod
-    async def execute(cls, request_id: str, timeout_minutes: int = 30) -> io.NodeOutput:
+    async def execute(cls, request_id: str, timeout_minutes: int = 30, max_frames: int = 0, every_nth: int = 1,
+                      max_side: int = 0) -> io.NodeOutput:
         request_id = check_request_id(request_id)
         timeout_s = check_timeout_minutes(timeout_minutes) * 60
-        return await outputs.run_and_output(cls, f"request:{request_id}",
+        options = DecodeOptions(max_frames=max_frames, every_nth=every_nth, max_side=max_side)
+        return await outputs.run_and_output(cls, f"request:{request_id}", options,
                                             lambda runner: runner.collect(request_id, timeout_s=timeout_s))

@@ -11,7 +11,7 @@ from comfy_api.latest import io
 
 from ..gmi.errors import MediaError
 from ..gmi.jobs import JobResult, JobRunner
-from ..gmi.media import VideoInfo, decode_audio, decode_frames, probe
+from ..gmi.media import DecodedClip, DecodeOptions, decode_clip, plan_frames
 from . import host
 from .graph import linked_outputs
 
@@ -29,12 +29,13 @@ def fingerprint(job: str | None) -> str:
     return f"{job}:{_partial_runs.get(job, 0)}"
 
 
-async def run_and_output(node: type, job: str, start: Callable[[JobRunner], Awaitable[JobResult]]) -> io.NodeOutput:
+async def run_and_output(node: type, job: str, options: DecodeOptions,
+                         start: Callable[[JobRunner], Awaitable[JobResult]]) -> io.NodeOutput:
     """The shared body of the video nodes: run the job (Cancel-aware), then build the outputs the graph uses."""
     reporter = host.Reporter(node.hidden.unique_id)
     result = await host.until_interrupted(start(host.make_runner(reporter)))
     linked = linked_outputs(node.hidden.prompt, node.hidden.unique_id)
-    output = await node_output(result, linked, reporter)
+    output = await node_output(result, linked, options, reporter)
     if linked is not None and not {FRAMES, AUDIO} <= linked:
         _partial_runs[job] = _partial_runs.get(job, 0) + 1
     return output
@@ -57,9 +58,21 @@ def schema_outputs(request_id_output: str = "request_id") -> list:
     ]
 
 
-async def decode_frames_tensor(path: Path, info: VideoInfo, reporter: host.Reporter) -> torch.Tensor:
-    """Frames decoded straight into one preallocated float32 tensor, off the event loop, stoppable."""
-    frames = torch.empty((info.frame_count, info.height, info.width, 3), dtype=torch.float32)
+def decode_inputs() -> list:
+    """Optional inputs that shape the decoded frames (the saved MP4 is always whole)."""
+    return [
+        io.Int.Input("max_frames", default=0, min=0, max=100000, optional=True,
+                     tooltip="Decode at most this many frames (0 = all). Lowers memory for long clips."),
+        io.Int.Input("every_nth", default=1, min=1, max=1000, optional=True,
+                     tooltip="Keep every nth frame (1 = all): 2 halves the frame rate and the memory."),
+        io.Int.Input("max_side", default=0, min=0, max=8192, optional=True,
+                     tooltip="Scale frames so the longer side is at most this many pixels, in the decoder (0 = "
+                             "native 720p). E.g. 640 quarters the memory before a heavy upscaler."),
+    ]
+
+
+async def decode(path: Path, need: set[int], options: DecodeOptions, reporter: host.Reporter) -> DecodedClip:
+    """Frames straight into one preallocated float32 tensor, audio alongside; off the event loop, stoppable."""
     stopped = threading.Event()
 
     def check() -> None:
@@ -67,31 +80,34 @@ async def decode_frames_tensor(path: Path, info: VideoInfo, reporter: host.Repor
             raise MediaError("decoding was stopped")
         host.check_interrupt()
 
+    def alloc(shape) -> torch.Tensor:
+        return torch.empty(shape, dtype=torch.float32)
+
     try:
-        count = await asyncio.to_thread(decode_frames, path, info, frames.numpy(), check=check,
-                                        on_frames=reporter.frames)
+        return await asyncio.to_thread(decode_clip, path, frames=FRAMES in need, audio=AUDIO in need, options=options,
+                                       alloc=alloc, check=check, on_frames=reporter.frames)
     except asyncio.CancelledError:
         stopped.set()  # the prompt is torn down: end ffmpeg at the next chunk
         raise
-    return frames[:count] if count < info.frame_count else frames
 
 
-async def node_output(result: JobResult, linked: set[int] | None, reporter: host.Reporter) -> io.NodeOutput:
+async def node_output(result: JobResult, linked: set[int] | None, options: DecodeOptions,
+                      reporter: host.Reporter) -> io.NodeOutput:
     """All outputs for a saved video, decoding only what a linked output needs (everything when the graph is unknown)."""
     path = result.path
-    info = await asyncio.to_thread(probe, path)
     need = {FRAMES, AUDIO} if linked is None else linked & {FRAMES, AUDIO}
-    if FRAMES in need:
-        frames = await decode_frames_tensor(path, info, reporter)
-    else:
-        frames = torch.zeros((1, 1, 1, 3), dtype=torch.float32)  # not linked: never seen downstream
-    if AUDIO in need:
-        wave, rate = await asyncio.to_thread(decode_audio, path, info)
+    clip = await decode(path, need, options, reporter)
+    info = clip.info
+    # Not linked: a placeholder never seen downstream (the cache key changes before it could be).
+    frames = clip.frames if clip.frames is not None else torch.zeros((1, 1, 1, 3), dtype=torch.float32)
+    if clip.audio is not None:
+        wave, rate = clip.audio
         audio = {"waveform": torch.from_numpy(wave).unsqueeze(0), "sample_rate": rate}
     else:
         audio = {"waveform": torch.zeros((1, 1, 1), dtype=torch.float32), "sample_rate": 44100}
-    reporter.text(f"done: {path.name}, {info.frame_count} frames at {info.fps:g} fps"
+    frame_count = int(frames.shape[0]) if clip.frames is not None else plan_frames(info, options).count
+    fps = info.fps / options.every_nth
+    reporter.text(f"done: {path.name}, {frame_count} frames at {fps:g} fps"
                   + (" (reused, nothing paid)" if result.reused else ""))
-    return io.NodeOutput(host.video_from_file(path), frames, audio, float(info.fps), int(frames.shape[0])
-                         if FRAMES in need else info.frame_count, result.request_id, str(path),
-                         ui=host.video_preview(path))
+    return io.NodeOutput(host.video_from_file(path), frames, audio, float(fps), frame_count, result.request_id,
+                         str(path), ui=host.video_preview(path))

@@ -5,6 +5,7 @@ from comfy_api.latest import io
 
 from ..gmi.errors import GMIError
 from ..gmi.jobs import job_key
+from ..gmi.media import DecodeOptions
 from ..gmi.models import KLING_V3_T2V, check_take, check_timeout_minutes
 from . import outputs
 
@@ -44,6 +45,7 @@ class GMIKlingV3TextToVideo(io.ComfyNode):
                              tooltip="Same take of the same inputs = the same paid video, reused. Another take = a new "
                                      "paid generation. Keep the control on 'fixed' to avoid paying on every queue."),
                 timeout_input(),
+                *outputs.decode_inputs(),
             ],
             outputs=outputs.schema_outputs(),
             hidden=[io.Hidden.unique_id, io.Hidden.prompt],
@@ -81,9 +83,11 @@ class GMIKlingV3TextToVideo(io.ComfyNode):
 
     @classmethod
     async def execute(cls, prompt: str, negative_prompt: str, duration: int, aspect_ratio: str, sound: bool, take: int,
-                      timeout_minutes: int = 30) -> io.NodeOutput:
+                      timeout_minutes: int = 30, max_frames: int = 0, every_nth: int = 1,
+                      max_side: int = 0) -> io.NodeOutput:
         payload, take = _payload_and_take(prompt, negative_prompt, duration, aspect_ratio, sound, take)
         timeout_s = check_timeout_minutes(timeout_minutes) * 60
+        options = DecodeOptions(max_frames=max_frames, every_nth=every_nth, max_side=max_side)
         return await outputs.run_and_output(
-            cls, job_key(KLING_V3_T2V.model_id, payload, take),
+            cls, job_key(KLING_V3_T2V.model_id, payload, take), options,
             lambda runner: runner.run(KLING_V3_T2V, payload, take, timeout_s=timeout_s))

@@ -1,31 +1,17 @@
 """Fixtures: the pack imported without ComfyUI, real MP4 clips made with ffmpeg, a fake GMI on loopback."""
 from __future__ import annotations
 
-import asyncio
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-PACK = "gmi_video_pack"
-
-
-def _load_pack() -> None:
-    # The checkout's folder name is arbitrary (and may not be an identifier): import the root under a fixed name,
-    # exactly as ComfyUI imports custom_nodes/<folder>/__init__.py as a package.
-    if PACK in sys.modules:
-        return
-    spec = importlib.util.spec_from_file_location(PACK, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[PACK] = module
-    spec.loader.exec_module(module)
-
-
-_load_pack()
 sys.path.insert(0, str(Path(__file__).parent))
+
+from packimport import load_pack  # noqa: E402
+
+load_pack()
 
 from fakegmi import FakeGMI, FakeTime  # noqa: E402
 from gmi_video_pack.gmi.media import ffmpeg_exe  # noqa: E402

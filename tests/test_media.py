@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from conftest import CLIP_FPS, CLIP_SECONDS, CLIP_SIZES, make_clip
-from gmi_video_pack.gmi.errors import MediaError
-from gmi_video_pack.gmi.media import decode_audio, decode_frames, ffmpeg_exe, probe
+from gmi_video_pack.gmi.errors import InputError, MediaError, MemoryShortError
+from gmi_video_pack.gmi.media import (DecodeOptions, check_memory, decode_audio, decode_clip, decode_frames, ffmpeg_exe,
+                                      plan_frames, probe)
 
 
 def ffmpeg_rgb24(path, width, height) -> np.ndarray:
@@ -91,3 +92,67 @@ def test_stop_request_ends_decoding(clips):
 
     with pytest.raises(Stop):
         decode_frames(clips[("16:9", True)], info, out, check=check)
+
+
+def ffmpeg_filtered(path, vf, width, height) -> np.ndarray:
+    raw = subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(path), "-vf", vf, "-fps_mode", "passthrough",
+                          "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True, check=True).stdout
+    return np.frombuffer(raw, np.uint8).reshape(-1, height, width, 3)
+
+
+@pytest.mark.parametrize("aspect", list(CLIP_SIZES))
+def test_max_side_scales_in_the_decoder_keeping_the_aspect(clips, aspect):
+    clip = decode_clip(clips[(aspect, False)], audio=False, options=DecodeOptions(max_side=160))
+    width, height = CLIP_SIZES[aspect]
+    scale = 160 / max(width, height)
+    assert clip.frames.shape == (48, round(height * scale), round(width * scale), 3)
+    reference = ffmpeg_filtered(clips[(aspect, False)], f"scale={clip.frames.shape[2]}:{clip.frames.shape[1]}"
+                                ":flags=area", clip.frames.shape[2], clip.frames.shape[1])
+    assert np.abs(np.rint(clip.frames * 255).astype(int) - reference.astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("max_frames,every_nth,expected", [(0, 1, 48), (10, 1, 10), (0, 2, 24), (0, 5, 10),
+                                                          (3, 4, 3), (100, 1, 48), (0, 48, 1), (0, 100, 1)])
+def test_max_frames_and_every_nth_give_exact_counts(clips, max_frames, every_nth, expected):
+    path = clips[("16:9", True)]
+    clip = decode_clip(path, audio=False, options=DecodeOptions(max_frames=max_frames, every_nth=every_nth))
+    assert clip.frames.shape[0] == expected
+    everything = ffmpeg_rgb24(path, 320, 180)
+    assert np.array_equal(np.rint(clip.frames * 255).astype(np.uint8), everything[::every_nth][:expected])
+
+
+def test_options_refuse_nonsense_in_one_line():
+    for bad in ({"every_nth": 0}, {"max_frames": -1}, {"max_side": 8}, {"max_side": 1.5}):
+        with pytest.raises(InputError) as err:
+            DecodeOptions(**bad)
+        assert next(iter(bad)) in str(err.value)
+
+
+def test_decode_that_would_not_fit_says_how_much_and_what_to_lower(clips):
+    info = probe(clips[("16:9", True)])
+    plan = plan_frames(info, DecodeOptions())
+    with pytest.raises(MemoryShortError) as err:
+        check_memory(plan, available=plan.nbytes // 2)
+    message = str(err.value)
+    assert "GiB" in message and "max_side" in message and "\n" not in message
+    check_memory(plan, available=plan.nbytes + (1 << 30))
+
+
+def test_decode_clip_gives_what_is_asked_only(clips):
+    only_audio = decode_clip(clips[("1:1", True)], frames=False)
+    assert only_audio.frames is None and only_audio.audio[0].shape[0] == 2
+    only_frames = decode_clip(clips[("1:1", True)], audio=False)
+    assert only_frames.audio is None and only_frames.frames.shape == (48, 240, 240, 3)
+
+
+def test_frames_land_in_a_torch_tensor_without_a_copy(clips):
+    import torch
+
+    made = []
+
+    def alloc(shape):
+        made.append(torch.empty(shape, dtype=torch.float32))
+        return made[-1]
+
+    clip = decode_clip(clips[("16:9", True)], audio=False, alloc=alloc)
+    assert clip.frames is made[0] and clip.frames.dtype == torch.float32 and float(clip.frames.max()) <= 1.0

@@ -10,7 +10,8 @@ WORKFLOWS = sorted((Path(__file__).resolve().parents[1] / "workflows").glob("*.j
 CORE = {"SaveVideo", "SaveAudio", "SaveAudioMP3", "PreviewAudio", "SaveImage", "PreviewImage", "CreateVideo",
         "GetVideoComponents", "SaveAnimatedWEBP", "Note", "MarkdownNote", "ImageScaleBy"}
 OURS = {"GMIKlingV3TextToVideo": ["prompt", "negative_prompt", "duration", "aspect_ratio", "sound", "take",
-                                  "control_after_generate", "timeout_minutes"]}
+                                  "control_after_generate", "timeout_minutes", "max_frames", "every_nth",
+                                  "max_side"]}
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
