@@ -256,3 +256,23 @@ async def test_sibling_failure_tears_down_the_prompt_and_requeue_collects_withou
     entry = await host.wait(await host.queue(graph))
     assert entry["status"]["status_str"] == "success", entry["status"]
     assert len(gmi.post_bodies) == 1
+
+
+def first_frame_size(host: Host, entry: dict) -> tuple[int, int]:
+    frame = entry["outputs"]["4"]["images"][0]
+    png = (host.base / "temp" / frame["subfolder"] / frame["filename"]).read_bytes()
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")  # PNG IHDR width, height
+
+
+async def test_frames_linked_later_are_decoded_not_a_stale_placeholder(host, gmi):
+    graph = example_graph(await host.get("/object_info"))
+    only_video = {k: v for k, v in graph.items() if v["class_type"] in ("GMIKlingV3TextToVideo", "SaveVideo")}
+    entry = await host.wait(await host.queue(only_video))
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    entry = await host.wait(await host.queue(graph))  # same node inputs; now frames and audio are linked
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert len(entry["outputs"]["4"]["images"]) == 48 and first_frame_size(host, entry) == (320, 180)
+    graph["1"]["inputs"]["max_side"] = 160
+    entry = await host.wait(await host.queue(graph))
+    assert len(entry["outputs"]["4"]["images"]) == 48 and first_frame_size(host, entry) == (160, 90)
+    assert len(gmi.post_bodies) == 1
