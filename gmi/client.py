@@ -237,6 +237,19 @@ class GMIClient:
                 f"The answer to the submit was lost ({self._clean(type(exc).__name__ + ': ' + str(exc))[:200]}). "
                 "The job may have been created and billed") from None
 
+    async def model_info(self, model_id: str) -> dict | None:
+        """GET /models/{id} (parameters and pricing), or None when it does not answer plainly."""
+        assert self._session is not None, "use the client inside 'async with'"
+        try:
+            async with self._session.get(f"{self.api_root}/models/{model_id}", headers=self._auth(),
+                                         timeout=aiohttp.ClientTimeout(total=self.timing.status_timeout)) as resp:
+                if resp.status >= 400:
+                    return None
+                body = await resp.json(content_type=None)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            return None
+        return body if isinstance(body, dict) else None
+
     async def list_requests(self, model_id: str) -> list[RemoteJob] | None:
         """Recent jobs of this account for ``model_id`` (GET /requests, known only from third-party clients), or
         None when GMI does not offer the listing."""

@@ -66,3 +66,7 @@ class MediaError(GMIError):
 
 class MemoryShortError(GMIError):
     """Decoding would not fit in the memory that is free."""
+
+
+class SpendCapError(GMIError):
+    """A new submit would take this session's spending past the cap the user set."""

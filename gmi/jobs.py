@@ -25,8 +25,8 @@ from typing import Any, AsyncIterator, Callable
 
 from .client import Clock, GMIClient, RemoteJob, Sleep, backoff_delay, pick_video_url
 from .errors import (DownloadError, GMIError, HTTPError, JobFailedError, JobTimeoutError, RateLimitedError,
-                     SubmitUnknownError)
-from .models import ModelSpec
+                     SpendCapError, SubmitUnknownError)
+from .models import CATALOGUE, ModelSpec, Price, parse_gmi_price
 
 log = logging.getLogger("gmi")
 
@@ -56,6 +56,8 @@ class Job:
     path: str | None = None
     error: str | None = None
     submit_started_at: float | None = None  # wall clock when the last POST began: the window to look it up in
+    finished_at: float | None = None        # wall clock when GMI was seen to have finished it
+    price: float | None = None              # estimated USD of the submit, when one was made
     created_at: float = 0.0
     updated_at: float = 0.0
 
@@ -108,7 +110,7 @@ class Journal:
             db.execute("""CREATE TABLE IF NOT EXISTS jobs (
                 key TEXT PRIMARY KEY, model_id TEXT NOT NULL, payload TEXT NOT NULL, take INTEGER NOT NULL,
                 state TEXT NOT NULL, request_id TEXT, media_url TEXT, path TEXT, error TEXT,
-                submit_started_at REAL, created_at REAL NOT NULL, updated_at REAL NOT NULL)""")
+                submit_started_at REAL, finished_at REAL, price REAL, created_at REAL NOT NULL, updated_at REAL NOT NULL)""")
             db.execute("CREATE INDEX IF NOT EXISTS jobs_request_id ON jobs(request_id)")
 
     def _connect(self) -> sqlite3.Connection:
@@ -140,6 +142,14 @@ class Journal:
         with closing(self._connect()) as db:
             rows = db.execute(f"SELECT {', '.join(self._COLUMNS)} FROM jobs ORDER BY created_at").fetchall()
         return [self._row_to_job(r) for r in rows]
+
+    def run_seconds(self, model_id: str) -> list[tuple[dict, float]]:
+        """(payload, seconds from submit to done) of this model's finished jobs, newest first."""
+        with closing(self._connect()) as db:
+            rows = db.execute("SELECT payload, finished_at - submit_started_at FROM jobs WHERE model_id = ? AND "
+                              "finished_at IS NOT NULL AND submit_started_at IS NOT NULL ORDER BY finished_at DESC "
+                              "LIMIT 200", (model_id,)).fetchall()
+        return [(json.loads(payload), seconds) for payload, seconds in rows if seconds and seconds > 0]
 
     def record(self, job: Job) -> None:
         """Write the whole row (insert or replace); ``updated_at`` is set now."""
@@ -174,6 +184,59 @@ async def holding(key: str, sleep: Sleep) -> AsyncIterator[None]:
             _holders.discard(key)
 
 
+class SpendCap:
+    """What new submits of this process may cost in all (USD), if the user set a cap. Reusing or re-attaching
+    costs nothing and never counts. Thread-safe: ComfyUI runs each prompt on a new event loop."""
+
+    def __init__(self, limit: float | None = None):
+        self.limit = limit
+        self.spent = 0.0
+        self._lock = threading.Lock()
+
+    def reserve(self, price: Price) -> None:
+        with self._lock:
+            if self.limit is not None and self.spent + price.amount > self.limit + 1e-9:
+                raise SpendCapError(
+                    f"Spend cap reached: this take would cost about ${price.amount:.2f}, and ${self.spent:.2f} of the "
+                    f"${self.limit:.2f} cap (GMI_SPEND_CAP_USD) is already spent this session. Raise the cap or "
+                    f"restart ComfyUI to reset it; nothing was submitted.")
+            self.spent += price.amount
+
+    def release(self, price: Price) -> None:
+        """A submit that created no job costs nothing."""
+        with self._lock:
+            self.spent = max(0.0, self.spent - price.amount)
+
+
+# GMI's per-second price by (API root, model), asked once per process: loop-independent plain data.
+_gmi_rates: dict[tuple[str, str], float | None] = {}
+
+
+def expected_seconds(journal: Journal, spec: ModelSpec, payload: dict) -> tuple[float, bool]:
+    """How long a job like this usually takes at GMI: the median of this machine's finished jobs of the same model,
+    duration and sound; the catalogue's default before there are any. Returns (seconds, learned)."""
+    group = spec.timing_group(payload)
+    seen = sorted(seconds for past, seconds in journal.run_seconds(spec.model_id)
+                  if spec.timing_group(past) == group)[:50]
+    if not seen:
+        return spec.default_eta(payload), False
+    middle = len(seen) // 2
+    return (seen[middle] if len(seen) % 2 else (seen[middle - 1] + seen[middle]) / 2), True
+
+
+def describe_wait(stage: str, elapsed: float, eta: float | None) -> tuple[str, float | None]:
+    """The text under the node while GMI works, and the bar's fraction of the wait."""
+    def clock(seconds: float) -> str:
+        seconds = int(seconds)
+        return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+    if stage == "queued" or eta is None:
+        return f"{stage} at GMI, {clock(elapsed)}", None
+    if elapsed <= eta:
+        return f"processing at GMI, {clock(elapsed)} of about {clock(eta)}", min(0.95, elapsed / eta)
+    return f"processing at GMI, {clock(elapsed)}: taking longer than usual (usually about {clock(eta)})", None
+
+
 def video_file_name(model_id: str, request_id: str) -> str:
     """Unique per request: two nodes running at once never collide."""
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", request_id)[:80]
@@ -186,7 +249,8 @@ class JobRunner:
 
     def __init__(self, journal: Journal, connect: Callable[[], GMIClient], output_dir: Path, *,
                  clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep, poll: PollPolicy = PollPolicy(),
-                 wall_clock: Clock = time.time, on_progress: Callable[[Progress], None] = lambda p: None):
+                 wall_clock: Clock = time.time, on_progress: Callable[[Progress], None] = lambda p: None,
+                 budget: SpendCap | None = None):
         self.journal = journal
         self.connect = connect
         self.output_dir = Path(output_dir)
@@ -195,6 +259,7 @@ class JobRunner:
         self.sleep = sleep
         self.poll = poll
         self.on_progress = on_progress
+        self.budget = budget
 
     async def _record(self, job: Job) -> None:
         # Shielded: a cancel arriving mid-write must not lose what was just learned (a request id, a file).
@@ -263,13 +328,35 @@ class JobRunner:
         # SUCCEEDED, or SAVED with the file gone: fetch the video (again).
         return await self._download(client, job)
 
+    async def price(self, client: GMIClient, spec: ModelSpec, payload: dict) -> Price:
+        """The take's estimated price: GMI's own per-second rate when /models/{id} states one, else the table."""
+        key = (client.api_root, spec.model_id)
+        if key not in _gmi_rates:
+            _gmi_rates[key] = parse_gmi_price(await client.model_info(spec.model_id))
+        return spec.estimate_price(payload, _gmi_rates[key])
+
     async def _submit(self, client: GMIClient, job: Job, deadline: float) -> None:
-        job.request_id = job.media_url = job.path = job.error = None
+        job.request_id = job.media_url = job.path = job.error = job.finished_at = None
+        spec = CATALOGUE.get(job.model_id)
+        price = await self.price(client, spec, job.payload) if spec is not None else None
+        if price is not None and self.budget is not None:
+            self.budget.reserve(price)
+        job.price = price.amount if price is not None else None
+        try:
+            await self._submit_paid(client, job, deadline, price)
+        except BaseException:
+            if price is not None and self.budget is not None and job.state is JobState.FAILED:
+                self.budget.release(price)
+            raise
+
+    async def _submit_paid(self, client: GMIClient, job: Job, deadline: float, price: Price | None) -> None:
+        cost = f", estimated {price}" if price is not None else ""
         attempt = 0
         while True:
             job.state, job.submit_started_at = JobState.SUBMITTING, self.wall_clock()
             await self._record(job)  # before the POST: a crash during it is then known
-            self.on_progress(Progress("submitting", f"submitting to GMI ({job.model_id})", 0.0))
+            log.info("GMI %s: submitting take %d%s", job.model_id, job.take, cost)
+            self.on_progress(Progress("submitting", f"submitting to GMI{cost}", 0.0))
             try:
                 remote, cancelled = await self._post(client, job)
             except RateLimitedError as exc:  # nothing was created: wait and try again, within the deadline
@@ -361,22 +448,25 @@ class JobRunner:
 
     async def _wait(self, client: GMIClient, job: Job, deadline: float) -> None:
         started = self.clock()
+        since = job.submit_started_at or self.wall_clock()  # elapsed counts from the submit, also after a re-attach
+        spec = CATALOGUE.get(job.model_id)
+        eta = (await asyncio.to_thread(expected_seconds, self.journal, spec, job.payload))[0] \
+            if spec is not None and job.payload else None
         while True:
             remote = await client.status(job.request_id, deadline=deadline)
             if remote.terminal:
                 await self._finish(job, remote)
                 return
-            elapsed = self.clock() - started
             stage = "queued" if remote.status in ("created", "queued") else "processing"
-            self.on_progress(Progress(stage, f"{stage} at GMI, {elapsed:.0f}s (request {job.request_id})", None,
-                                      job.request_id))
+            text, fraction = describe_wait(stage, self.wall_clock() - since, eta)
+            self.on_progress(Progress(stage, f"{text} (request {job.request_id})", fraction, job.request_id))
             remaining = deadline - self.clock()
             if remaining <= 0:
                 raise JobTimeoutError(
                     f"Request {job.request_id} is still {remote.status} at GMI after the time limit. It is kept: "
                     f"queue the same inputs again (or raise timeout_minutes) to collect it without paying again.",
                     request_id=job.request_id)
-            await self.sleep(min(self.poll.interval(elapsed), remaining))
+            await self.sleep(min(self.poll.interval(self.clock() - started), remaining))
 
     async def _finish(self, job: Job, remote: RemoteJob) -> None:
         if remote.status == "success":
@@ -387,6 +477,7 @@ class JobRunner:
                                      f"(outcome: {json.dumps(remote.outcome)[:300]}).",
                                      request_id=job.request_id, status=remote.status, reason="no video URL")
             job.state, job.media_url = JobState.SUCCEEDED, url
+            job.finished_at = job.finished_at or self.wall_clock()
             await self._record(job)
             return
         reason = remote.failure_reason()

@@ -59,6 +59,19 @@ class Param:
 
 
 @dataclass(frozen=True)
+class Price:
+    """What one take is expected to cost."""
+
+    amount: float       # USD
+    per_second: float
+    seconds: int
+    source: str         # where the rate came from
+
+    def __str__(self) -> str:
+        return f"${self.amount:.2f} ({self.seconds} s x ${self.per_second:.3f}/s, {self.source})"
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     model_id: str
     title: str
@@ -66,6 +79,33 @@ class ModelSpec:
     # Output frame size for each aspect ratio (what the model renders), for memory estimates and rehearsal.
     frame_sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
     fps: float = 24.0
+    # USD per second of video, by sound on/off, used when GMI's /models/{id} gives no price.
+    price_per_second: dict[bool, float] = field(default_factory=dict)
+    price_source: str = ""
+    # Seconds a job usually takes before this machine has history: base + per second of video.
+    eta_base: float = 60.0
+    eta_per_second: float = 12.0
+
+    def seconds(self, payload: dict) -> int:
+        return int(payload.get("duration", 5))
+
+    def has_sound(self, payload: dict) -> bool:
+        return payload.get("sound", "on") == "on"
+
+    def timing_group(self, payload: dict) -> tuple:
+        """Jobs alike in how long they take: same duration, same sound."""
+        return (self.seconds(payload), self.has_sound(payload))
+
+    def default_eta(self, payload: dict) -> float:
+        return self.eta_base + self.eta_per_second * self.seconds(payload)
+
+    def estimate_price(self, payload: dict, gmi_per_second: float | None = None) -> Price:
+        """Duration x rate; GMI's own per-second price when it gave one, else the catalogue's table."""
+        seconds = self.seconds(payload)
+        if gmi_per_second is not None:
+            return Price(round(seconds * gmi_per_second, 4), gmi_per_second, seconds, "GMI's price")
+        rate = self.price_per_second[self.has_sound(payload)]
+        return Price(round(seconds * rate, 4), rate, seconds, self.price_source)
 
     def param(self, name: str) -> Param:
         return next(p for p in self.params if p.name == name)
@@ -96,7 +136,28 @@ KLING_V3_T2V = ModelSpec(
     ),
     frame_sizes={"16:9": (1280, 720), "9:16": (720, 1280), "1:1": (720, 720)},
     fps=24.0,
+    # GMI publishes no figure we could confirm; these are the reported rates (2026), higher with sound.
+    price_per_second={False: 0.168, True: 0.252},
+    price_source="estimate from reported rates",
 )
+
+
+def parse_gmi_price(info: dict | None) -> float | None:
+    """USD per second of video from a GET /models/{id} answer, when it states one plainly; else None."""
+    if not isinstance(info, dict):
+        return None
+    for block in (info.get("price_info"), info.get("pricing"), info):
+        if not isinstance(block, dict):
+            continue
+        price, unit = block.get("price"), str(block.get("unit") or block.get("pricing_type") or "").lower()
+        if isinstance(price, str):
+            try:
+                price = float(price.strip().lstrip("$"))
+            except ValueError:
+                continue
+        if isinstance(price, (int, float)) and not isinstance(price, bool) and price > 0 and "sec" in unit:
+            return float(price)
+    return None
 
 CATALOGUE: dict[str, ModelSpec] = {KLING_V3_T2V.model_id: KLING_V3_T2V}
 

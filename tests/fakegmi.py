@@ -23,6 +23,10 @@ class FakeTime:
     def clock(self) -> float:
         return self.now
 
+    def wall(self) -> float:
+        """Unix time that moves with the fake clock."""
+        return 1_790_000_000.0 + self.now
+
     async def sleep(self, seconds: float) -> None:
         self.slept.append(seconds)
         self.now += max(0.0, seconds)
@@ -45,6 +49,7 @@ class FakeGMI:
         self.never_finish = False       # a job that sits queued forever
         self.outcome_extra: dict = {}
         self.status_hook = None         # async (request) -> response or None, consulted on every status read
+        self.model_record: dict | None = None  # what GET /models/{id} answers; None = 404
         self.listing = False            # whether GET /requests (known only from third-party clients) exists
 
     # --- lifecycle --------------------------------------------------------------------------------------------
@@ -54,6 +59,7 @@ class FakeGMI:
         api.router.add_post(QUEUE + "/requests", self._submit)
         api.router.add_get(QUEUE + "/requests/{rid}", self._status)
         api.router.add_get(QUEUE + "/requests", self._list)
+        api.router.add_get(QUEUE + "/models/{model}", self._model)
         media = web.Application()
         media.router.add_get("/media/{name}", self._media)
         self._runners = []
@@ -161,6 +167,12 @@ class FakeGMI:
             elif job["reads"] > 1:
                 job["status"] = "processing"
         return web.json_response(self._record(job))
+
+    async def _model(self, request: web.Request) -> web.StreamResponse:
+        self.api_requests.append(("GET", request.path, dict(request.headers)))
+        if self.model_record is None:
+            return web.json_response({"error": "not found"}, status=404)
+        return web.json_response(self.model_record)
 
     async def _list(self, request: web.Request) -> web.StreamResponse:
         self.api_requests.append(("GET", request.path, dict(request.headers)))

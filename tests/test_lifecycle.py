@@ -22,18 +22,19 @@ def payload(**values):
     return KLING_V3_T2V.build_payload(base)
 
 
-def make_runner(gmi, fake_time, tmp_path: Path, *, key: str | None = None, events=None) -> JobRunner:
+def make_runner(gmi, fake_time, tmp_path: Path, *, key: str | None = None, events=None, budget=None) -> JobRunner:
     """A runner as a fresh process would build it: new journal object over the same file each time."""
     def connect():
         return GMIClient(gmi.base_url, key or gmi.key, timing=FAST, sleep=fake_time.sleep, clock=fake_time.clock)
 
     return JobRunner(Journal(tmp_path / "user" / "jobs.sqlite3"), connect, tmp_path / "output",
                      clock=fake_time.clock, sleep=fake_time.sleep, poll=PollPolicy(first=3, cap=15),
+                     wall_clock=fake_time.wall, budget=budget,
                      on_progress=(events.append if events is not None else lambda e: None))
 
 
-async def run(gmi, fake_time, tmp_path, *, timeout_s=1800.0, take=0, events=None, key=None, **values):
-    runner = make_runner(gmi, fake_time, tmp_path, key=key, events=events)
+async def run(gmi, fake_time, tmp_path, *, timeout_s=1800.0, take=0, events=None, key=None, budget=None, **values):
+    runner = make_runner(gmi, fake_time, tmp_path, key=key, events=events, budget=budget)
     return await runner.run(KLING_V3_T2V, payload(**values), take, timeout_s=timeout_s)
 
 

@@ -1,0 +1,88 @@
+"""What the user reads while waiting (ETA learned from this machine's jobs) and what a take costs before paying."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from gmi_video_pack.gmi.errors import HTTPError, SpendCapError
+from gmi_video_pack.gmi.jobs import SpendCap, describe_wait
+from gmi_video_pack.gmi.models import KLING_V3_T2V, parse_gmi_price
+from test_lifecycle import payload, run
+
+
+def texts(events, stage=None):
+    return [e.text for e in events if stage is None or e.stage == stage]
+
+
+async def test_first_job_uses_the_default_eta(gmi, fake_time, tmp_path):
+    events = []
+    gmi.polls_until_done = 4
+    await run(gmi, fake_time, tmp_path, events=events)
+    assert any("of about 2m 00s" in t for t in texts(events, "processing"))  # 60 s + 12 s per second of video
+
+
+async def test_eta_is_learned_from_finished_jobs_of_the_same_duration_and_sound(gmi, fake_time, tmp_path):
+    for take, polls in enumerate([6, 8, 10]):  # 3 s polls: the jobs take about 18, 24 and 30 s
+        gmi.polls_until_done = polls
+        await run(gmi, fake_time, tmp_path, take=take)
+    gmi.polls_until_done = 30
+    await run(gmi, fake_time, tmp_path, take=9, duration=10)  # another duration: a group of its own
+    events = []
+    gmi.polls_until_done = 20
+    await run(gmi, fake_time, tmp_path, take=99, events=events)
+    waiting = texts(events, "processing")
+    assert any("of about 24s" in t for t in waiting), waiting
+    assert any("taking longer than usual (usually about 24s)" in t for t in waiting)
+    fractions = [e.fraction for e in events if e.stage == "processing" and e.fraction is not None]
+    assert fractions == sorted(fractions) and max(fractions) <= 0.95
+
+
+def test_wait_text_past_the_eta_never_shows_a_stuck_bar():
+    text, fraction = describe_wait("processing", 200, 120)
+    assert "taking longer than usual" in text and fraction is None
+    assert describe_wait("queued", 30, 120) == ("queued at GMI, 30s", None)
+
+
+def test_price_from_the_table_with_and_without_sound():
+    assert KLING_V3_T2V.estimate_price(payload(duration=5, sound=True)).amount == pytest.approx(1.26)
+    off = KLING_V3_T2V.estimate_price(payload(duration=10, sound=False))
+    assert off.amount == pytest.approx(1.68) and "estimate" in str(off) and "$1.68" in str(off)
+
+
+@pytest.mark.parametrize("record,rate", [({"price_info": {"price": 0.2, "pricing_type": "per_second", "unit": "second"}}, 0.2),
+                                         ({"pricing": {"price": "$0.3", "unit": "per sec"}}, 0.3),
+                                         ({"price_info": {"price": 5, "unit": "request"}}, None),
+                                         ({"model_ids": []}, None), (None, None)])
+def test_gmi_price_is_used_only_when_stated_per_second(record, rate):
+    assert parse_gmi_price(record) == rate
+
+
+async def test_submit_log_line_says_the_price(gmi, fake_time, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="gmi")
+    events = []
+    gmi.model_record = {"model_id": "kling-v3-text-to-video", "price_info": {"price": 0.2, "unit": "second"}}
+    await run(gmi, fake_time, tmp_path, events=events)
+    assert "estimated $1.00 (5 s x $0.200/s, GMI's price)" in caplog.text
+    assert any("$1.00" in t for t in texts(events, "submitting"))
+
+
+async def test_spend_cap_refuses_a_submit_past_it_and_reuse_costs_nothing(gmi, fake_time, tmp_path):
+    cap = SpendCap(2.0)
+    await run(gmi, fake_time, tmp_path, budget=cap)
+    with pytest.raises(SpendCapError) as err:
+        await run(gmi, fake_time, tmp_path, budget=cap, take=1)
+    assert "$1.26" in str(err.value) and "GMI_SPEND_CAP_USD" in str(err.value) and "\n" not in str(err.value)
+    assert len(gmi.post_bodies) == 1
+    again = await run(gmi, fake_time, tmp_path, budget=cap)
+    assert again.reused and cap.spent == pytest.approx(1.26)
+
+
+async def test_refused_submit_does_not_count_against_the_cap(gmi, fake_time, tmp_path):
+    cap = SpendCap(1.5)
+    gmi.faults["post"].append({"status": 400, "body": {"error": "prompt rejected"}})
+    with pytest.raises(HTTPError):
+        await run(gmi, fake_time, tmp_path, budget=cap)
+    assert cap.spent == 0
+    await run(gmi, fake_time, tmp_path, budget=cap)
+    assert cap.spent == pytest.approx(1.26)
