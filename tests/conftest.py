@@ -55,7 +55,7 @@ def fake_time() -> FakeTime:
 
 @pytest.fixture
 async def gmi(clips, fake_time):
-    server = FakeGMI(clips)
+    server = FakeGMI(clips, wall=fake_time.wall)
     await server.start()
     try:
         yield server

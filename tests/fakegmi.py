@@ -34,8 +34,9 @@ class FakeTime:
 
 
 class FakeGMI:
-    def __init__(self, clips: dict[tuple[str, bool], Path]):
+    def __init__(self, clips: dict[tuple[str, bool], Path], wall=time.time):
         self.clips = clips
+        self.wall = wall  # GMI's clock, for created_at
         self.key = "gmi-test-" + secrets.token_hex(20)
         self.jobs: dict[str, dict] = {}
         self.post_bodies: list[dict] = []            # every POST received, answered or not
@@ -137,7 +138,7 @@ class FakeGMI:
             return web.json_response({"error": f"model {body.get('model')} not found"}, status=404)
         rid = uuid.uuid4().hex
         job = {"rid": rid, "model": body["model"], "payload": body["payload"], "status": "queued", "reads": 0,
-               "created_at": int(time.time())}
+               "created_at": int(self.wall())}
         self.jobs[rid] = job
         if self.faults["post_after_create"]:
             # The job exists (and is billed) but the answer never reaches the client.
@@ -188,7 +189,7 @@ class FakeGMI:
         """A job made outside the pack (e.g. in GMI's console); returns its request id."""
         rid = uuid.uuid4().hex
         self.jobs[rid] = {"rid": rid, "model": "kling-v3-text-to-video", "payload": payload, "status": status,
-                          "reads": 0, "created_at": int(time.time())}
+                          "reads": 0, "created_at": int(self.wall())}
         return rid
 
     async def _media(self, request: web.Request) -> web.StreamResponse:

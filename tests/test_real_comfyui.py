@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -105,6 +106,7 @@ class Host:
 
 @pytest.fixture
 async def host(gmi, tmp_path):
+    gmi.wall = time.time  # the server's journal uses the real clock
     env = {**os.environ, "GMI_API_KEY": gmi.key, "GMI_BASE_URL": gmi.base_url, "HF_HUB_OFFLINE": "1",
            "PYTHONUNBUFFERED": "1"}
     server = Host(tmp_path / "comfy", env)
