@@ -237,6 +237,18 @@ class GMIClient:
                 f"The answer to the submit was lost ({self._clean(type(exc).__name__ + ': ' + str(exc))[:200]}). "
                 "The job may have been created and billed") from None
 
+    async def check_key(self) -> None:
+        """One cheap authenticated call (GET /models). Raises AuthError for a refused key, HTTPError otherwise."""
+        assert self._session is not None, "use the client inside 'async with'"
+        try:
+            async with self._session.get(f"{self.api_root}/models", headers=self._auth(),
+                                         timeout=aiohttp.ClientTimeout(total=self.timing.status_timeout)) as resp:
+                if resp.status >= 400:
+                    raise await self._http_error(resp, "key check", None)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise GMIError(f"Could not reach GMI at {self.api_root.split('/api/')[0]} "
+                           f"({self._clean(str(exc))[:200]}).") from None
+
     async def model_info(self, model_id: str) -> dict | None:
         """GET /models/{id} (parameters and pricing), or None when it does not answer plainly."""
         assert self._session is not None, "use the client inside 'async with'"

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 
 def node_list() -> list:
+    from . import host
     from .collect import GMICollectVideo
     from .text_to_video import GMIKlingV3TextToVideo
+
+    host.register_routes()
 
     return [GMIKlingV3TextToVideo, GMICollectVideo]

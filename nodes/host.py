@@ -15,8 +15,10 @@ from comfy_api.latest import InputImpl, io, ui
 from server import PromptServer
 
 from ..gmi.client import GMIClient
-from ..gmi.jobs import Journal, JobRunner, Progress
+from ..gmi.errors import InputError
+from ..gmi.jobs import Journal, JobRunner, Progress, SpendCap
 from ..gmi.keys import KEY_FILE_NAME, resolve_api_key
+from .routes import key_routes
 
 SUBFOLDER = "gmi"  # under ComfyUI's output folder
 DEFAULT_BASE_URL = "https://console.gmicloud.ai"
@@ -83,14 +85,48 @@ class Reporter:
             server.send_progress_text(text, self.unique_id, server.client_id)
 
 
+def base_url() -> str:
+    return os.environ.get("GMI_BASE_URL", DEFAULT_BASE_URL)
+
+
+def key_file() -> Path:
+    return pack_user_dir() / KEY_FILE_NAME
+
+
+_budget: SpendCap | None = None
+
+
+def session_budget() -> SpendCap:
+    """One spend cap for the whole ComfyUI process (GMI_SPEND_CAP_USD, in USD; unset = no cap)."""
+    global _budget
+    if _budget is None:
+        raw = os.environ.get("GMI_SPEND_CAP_USD", "").strip()
+        try:
+            limit = float(raw) if raw else None
+        except ValueError:
+            raise InputError(f"GMI_SPEND_CAP_USD: {raw!r} is not an amount; set it to dollars, e.g. 20, or unset it.") \
+                from None
+        _budget = SpendCap(limit)
+    return _budget
+
+
 def make_runner(reporter: Reporter) -> JobRunner:
-    user_dir = pack_user_dir()
-    base_url = os.environ.get("GMI_BASE_URL", DEFAULT_BASE_URL)
-
     def connect() -> GMIClient:
-        return GMIClient(base_url, resolve_api_key(user_dir / KEY_FILE_NAME))
+        return GMIClient(base_url(), resolve_api_key(key_file()))
 
-    return JobRunner(Journal(user_dir / "jobs.sqlite3"), connect, output_dir(), on_progress=reporter)
+    return JobRunner(Journal(pack_user_dir() / "jobs.sqlite3"), connect, output_dir(), on_progress=reporter,
+                     budget=session_budget())
+
+
+_routes_added = False
+
+
+def register_routes() -> None:
+    """The settings panel's routes, on ComfyUI's server (added before it starts serving)."""
+    global _routes_added
+    if not _routes_added and PromptServer.instance is not None:
+        PromptServer.instance.routes.add_routes(key_routes(key_file, base_url))
+        _routes_added = True
 
 
 def video_from_file(path: Path):

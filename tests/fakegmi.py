@@ -61,6 +61,7 @@ class FakeGMI:
         api.router.add_get(QUEUE + "/requests/{rid}", self._status)
         api.router.add_get(QUEUE + "/requests", self._list)
         api.router.add_get(QUEUE + "/models/{model}", self._model)
+        api.router.add_get(QUEUE + "/models", self._models)
         media = web.Application()
         media.router.add_get("/media/{name}", self._media)
         self._runners = []
@@ -168,6 +169,12 @@ class FakeGMI:
             elif job["reads"] > 1:
                 job["status"] = "processing"
         return web.json_response(self._record(job))
+
+    async def _models(self, request: web.Request) -> web.StreamResponse:
+        self.api_requests.append(("GET", request.path, dict(request.headers)))
+        if not self._authorized(request):
+            return web.json_response({"error": "Invalid API key"}, status=401)
+        return web.json_response({"model_ids": ["kling-v3-text-to-video"]})
 
     async def _model(self, request: web.Request) -> web.StreamResponse:
         self.api_requests.append(("GET", request.path, dict(request.headers)))

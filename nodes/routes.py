@@ -1,0 +1,54 @@
+"""The pack's HTTP routes on ComfyUI's server: the API key's settings panel. Plain aiohttp handlers (no host imports),
+so tests mount them on a bare application; host.register_routes() adds them to ComfyUI's."""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Callable
+
+from aiohttp import web
+
+from ..gmi.client import GMIClient
+from ..gmi.errors import GMIError, InputError
+from ..gmi.keys import forget_key, key_status, resolve_api_key, store_key
+
+PREFIX = "/gmi_cloud"
+
+
+def key_routes(key_file: Callable[[], Path], base_url: Callable[[], str]) -> web.RouteTableDef:
+    """GET/POST/DELETE {PREFIX}/key and POST {PREFIX}/key/test. The key goes in, never out: answers carry only
+    whether one is set, where from, and its last four characters."""
+    routes = web.RouteTableDef()
+
+    @routes.get(PREFIX + "/key")
+    async def status(request: web.Request) -> web.Response:
+        return web.json_response(await asyncio.to_thread(key_status, key_file()))
+
+    @routes.post(PREFIX + "/key")
+    async def save(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        try:
+            await asyncio.to_thread(store_key, key_file(), body.get("key") if isinstance(body, dict) else None)
+        except InputError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response(await asyncio.to_thread(key_status, key_file()))
+
+    @routes.delete(PREFIX + "/key")
+    async def forget(request: web.Request) -> web.Response:
+        await asyncio.to_thread(forget_key, key_file())
+        return web.json_response(await asyncio.to_thread(key_status, key_file()))
+
+    @routes.post(PREFIX + "/key/test")
+    async def test(request: web.Request) -> web.Response:
+        try:
+            key = await asyncio.to_thread(resolve_api_key, key_file())
+            async with GMIClient(base_url(), key) as client:
+                await client.check_key()
+        except GMIError as exc:
+            return web.json_response({"ok": False, "error": str(exc)})
+        return web.json_response({"ok": True})
+
+    return routes
