@@ -125,7 +125,9 @@ def register_routes() -> None:
     """The settings panel's routes, on ComfyUI's server (added before it starts serving)."""
     global _routes_added
     if not _routes_added and PromptServer.instance is not None:
-        PromptServer.instance.routes.add_routes(key_routes(key_file, base_url))
+        table = PromptServer.instance.routes  # a RouteTableDef: re-declare each of ours on it
+        for route in key_routes(key_file, base_url):
+            table.route(route.method, route.path, **route.kwargs)(route.handler)
         _routes_added = True
 
 

@@ -125,6 +125,9 @@ def example_graph(object_info: dict) -> dict:
 async def test_example_workflow_runs_and_requeue_costs_nothing_even_after_restart(host, gmi):
     info = await host.get("/object_info")
     assert "IMPORT FAILED" not in host.log.read_text() and "GMICollectVideo" in info
+    for prefix in ("", "/api"):  # the settings panel's route answers, and never with the key
+        assert await host.get(prefix + "/gmi_cloud/key") == {"set": True, "source": "environment",
+                                                               "last4": gmi.key[-4:]}
     assert info["GMICollectVideo"]["output_name"] == info["GMIKlingV3TextToVideo"]["output_name"]
     ours = info["GMIKlingV3TextToVideo"]
     assert ours["display_name"] == "Kling v3 Text to Video (GMI Cloud)" and ours["category"] == "GMI Cloud/Video"
@@ -278,3 +281,15 @@ async def test_frames_linked_later_are_decoded_not_a_stale_placeholder(host, gmi
     entry = await host.wait(await host.queue(graph))
     assert len(entry["outputs"]["4"]["images"]) == 48 and first_frame_size(host, entry) == (160, 90)
     assert len(gmi.post_bodies) == 1
+
+
+@pytest.mark.parametrize("name,saved", [("kling_v3_upscale_frames.json", 1), ("kling_v3_two_takes_and_vertical.json", 3)])
+async def test_example_workflows_run_on_core_nodes(host, gmi, name, saved):
+    info = await host.get("/object_info")
+    workflow = json.loads((ROOT / "workflows" / name).read_text())
+    graph = to_api(workflow, info)  # every node type, input name and link checked against the real host
+    entry = await host.wait(await host.queue(graph))
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    videos = [o["images"][0] for o in entry["outputs"].values() if o.get("images") and o["images"][0].get(
+        "subfolder") == "video"]
+    assert len(videos) == saved and len(gmi.created) == saved

@@ -32,7 +32,13 @@ function keyPanel() {
   status.style.opacity = "0.8";
 
   async function show(resp) {
-    const body = await resp.json();
+    let body = {};
+    try {
+      body = await resp.json();
+    } catch {
+      status.textContent = `the server answered ${resp.status} without details: is the pack loaded? (see the ComfyUI log)`;
+      return false;
+    }
     if (!resp.ok) {
       status.textContent = body.error ?? `error ${resp.status}`;
     } else if ("ok" in body) {
@@ -42,6 +48,7 @@ function keyPanel() {
         ? `set${body.source === "environment" ? " (from GMI_API_KEY, which wins)" : ""}, ending …${body.last4 ?? "****"}`
         : "not set";
     }
+    return resp.ok;
   }
   const post = (path, payload) =>
     api.fetchApi(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(payload ?? {}) });
@@ -49,9 +56,7 @@ function keyPanel() {
   root.append(
     input,
     button("Save", async () => {
-      const resp = await post("/gmi_cloud/key", { key: input.value });
-      input.value = "";
-      await show(resp);
+      if (await show(await post("/gmi_cloud/key", { key: input.value }))) input.value = "";
     }),
     button("Test", async () => {
       status.textContent = "testing…";
