@@ -55,7 +55,7 @@ class FakeGMI:
 
     # --- lifecycle --------------------------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, api_port: int = 0, media_port: int = 0) -> None:
         api = web.Application()
         api.router.add_post(QUEUE + "/requests", self._submit)
         api.router.add_get(QUEUE + "/requests/{rid}", self._status)
@@ -66,10 +66,10 @@ class FakeGMI:
         media.router.add_get("/media/{name}", self._media)
         self._runners = []
         urls = []
-        for app in (api, media):
+        for app, port in ((api, api_port), (media, media_port)):
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
+            site = web.TCPSite(runner, "127.0.0.1", port)
             await site.start()
             port = site._server.sockets[0].getsockname()[1]
             urls.append(f"http://127.0.0.1:{port}")
