@@ -21,6 +21,7 @@ import aiohttp
 
 from .errors import (AuthError, DownloadError, GMIError, HTTPError, InputError, RateLimitedError,
                      SubmitUnknownError)
+from .governor import Governor
 from .keys import redact
 
 log = logging.getLogger("gmi")
@@ -160,7 +161,7 @@ class GMIClient:
     """One GMI request-queue client over one aiohttp session. Use ``async with GMIClient(...) as client``."""
 
     def __init__(self, base_url: str, api_key: str, *, timing: Timing = Timing(), sleep: Sleep = asyncio.sleep,
-                 clock: Clock = time.monotonic, rng: random.Random | None = None):
+                 clock: Clock = time.monotonic, rng: random.Random | None = None, governor: Governor | None = None):
         base_url = base_url.rstrip("/")
         check_url(base_url, "GMI_BASE_URL")
         self.api_root = base_url + QUEUE_PATH
@@ -169,6 +170,7 @@ class GMIClient:
         self.sleep = sleep
         self.clock = clock
         self.rng = rng or random.Random()
+        self.governor = governor
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> "GMIClient":
@@ -182,6 +184,18 @@ class GMIClient:
             self._session = None
 
     # --- API calls -------------------------------------------------------------------------------------------
+
+    async def _turn(self) -> None:
+        """Waits for this process's turn to ask GMI (the governor spaces all requests and pauses all on a 429)."""
+        if self.governor is not None:
+            await self.governor.pace(self.sleep)
+
+    def _heard(self, status: int, retry_after: float | None = None) -> None:
+        if self.governor is not None:
+            if status == 429:
+                self.governor.slow_down(retry_after)
+            elif status < 400:
+                self.governor.went_well()
 
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._key}", "Accept": "application/json"}
@@ -216,17 +230,20 @@ class GMIClient:
         AuthError (refused: nothing was created), GMIError (GMI unreachable: nothing was sent), or
         SubmitUnknownError (sent, answer lost: timeout, reset, other 5xx, unreadable body; a billed job may exist)."""
         assert self._session is not None, "use the client inside 'async with'"
+        await self._turn()
         try:
             async with self._session.post(f"{self.api_root}/requests", json={"model": model_id, "payload": payload},
                                           headers=self._auth(),
                                           timeout=aiohttp.ClientTimeout(total=self.timing.submit_timeout)) as resp:
                 if resp.status >= 400:
                     error = await self._http_error(resp, "submit", None)
+                    self._heard(resp.status, error.retry_after)
                     if resp.status >= 500 and resp.status != 503:
                         raise SubmitUnknownError(
                             f"GMI answered the submit with HTTP {resp.status}: {error.gmi_text}. The job may "
                             "still have been created and billed")
                     raise error
+                self._heard(resp.status)
                 return parse_job(await resp.json(content_type=None))
         except aiohttp.ClientConnectorError as exc:
             raise GMIError(f"Could not reach GMI at {self.api_root.split('/api/')[0]} "
@@ -292,12 +309,15 @@ class GMIClient:
         attempt = 0
         while True:
             retry_after = None
+            await self._turn()
             try:
                 async with self._session.get(f"{self.api_root}/requests/{request_id}", headers=self._auth(),
                                              timeout=aiohttp.ClientTimeout(total=self.timing.status_timeout)) as resp:
                     if resp.status < 400:
+                        self._heard(resp.status)
                         return parse_job(await resp.json(content_type=None), request_id=request_id)
                     error = await self._http_error(resp, "status", request_id)
+                    self._heard(resp.status, error.retry_after)
                     if resp.status < 500 and resp.status != 429:
                         raise error
                     retry_after = error.retry_after

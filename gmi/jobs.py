@@ -26,6 +26,7 @@ from typing import Any, AsyncIterator, Callable
 from .client import Clock, GMIClient, RemoteJob, Sleep, backoff_delay, pick_video_url
 from .errors import (DownloadError, GMIError, HTTPError, JobFailedError, JobTimeoutError, RateLimitedError,
                      SpendCapError, SubmitUnknownError)
+from .governor import Governor
 from .models import CATALOGUE, ModelSpec, Price, parse_gmi_price
 
 log = logging.getLogger("gmi")
@@ -250,7 +251,7 @@ class JobRunner:
     def __init__(self, journal: Journal, connect: Callable[[], GMIClient], output_dir: Path, *,
                  clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep, poll: PollPolicy = PollPolicy(),
                  wall_clock: Clock = time.time, on_progress: Callable[[Progress], None] = lambda p: None,
-                 budget: SpendCap | None = None):
+                 budget: SpendCap | None = None, governor: Governor | None = None):
         self.journal = journal
         self.connect = connect
         self.output_dir = Path(output_dir)
@@ -260,6 +261,19 @@ class JobRunner:
         self.poll = poll
         self.on_progress = on_progress
         self.budget = budget
+        self.governor = governor
+
+    @asynccontextmanager
+    async def _remote(self) -> AsyncIterator[GMIClient]:
+        """A job's remote part: one of the governor's places (when there is one), and a client session."""
+        if self.governor is None:
+            async with self.connect() as client:
+                yield client
+            return
+        async with self.governor.job_slot():
+            async with self.connect() as client:
+                client.governor = client.governor or self.governor
+                yield client
 
     async def _record(self, job: Job) -> None:
         # Shielded: a cancel arriving mid-write must not lose what was just learned (a request id, a file).
@@ -285,7 +299,7 @@ class JobRunner:
                 fresh = True
             else:
                 fresh = False
-            async with self.connect() as client:
+            async with self._remote() as client:
                 if not fresh and job.state in (JobState.SUBMITTING, JobState.SUBMIT_UNKNOWN):
                     await self._reconcile(client, job)
                 if job.state is JobState.SUBMITTING:
@@ -302,7 +316,7 @@ class JobRunner:
             job = await asyncio.to_thread(self.journal.get, key) if known is not None else None
             if (reused := self._saved(job)) is not None:
                 return reused
-            async with self.connect() as client:
+            async with self._remote() as client:
                 try:
                     remote = await client.status(request_id, deadline=deadline)
                 except HTTPError as exc:

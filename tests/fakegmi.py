@@ -51,6 +51,8 @@ class FakeGMI:
         self.outcome_extra: dict = {}
         self.status_hook = None         # async (request) -> response or None, consulted on every status read
         self.model_record: dict | None = None  # what GET /models/{id} answers; None = 404
+        self.job_seconds: float | None = None  # if set, a job ends this long (by ``wall``) after its submit
+        self.open_at_post: list[int] = []      # jobs submitted but not yet downloaded, seen at each POST
         self.listing = False            # whether GET /requests (known only from third-party clients) exists
 
     # --- lifecycle --------------------------------------------------------------------------------------------
@@ -137,9 +139,11 @@ class FakeGMI:
             return web.json_response({"error": "Invalid API key"}, status=401)
         if body.get("model") != "kling-v3-text-to-video":
             return web.json_response({"error": f"model {body.get('model')} not found"}, status=404)
+        fetched = {path.rsplit("/", 1)[1].split(".")[0] for path, _ in self.media_requests}
+        self.open_at_post.append(1 + sum(1 for r in self.jobs if r not in fetched))
         rid = uuid.uuid4().hex
         job = {"rid": rid, "model": body["model"], "payload": body["payload"], "status": "queued", "reads": 0,
-               "created_at": int(self.wall())}
+               "created_at": self.wall() if self.job_seconds is not None else int(self.wall())}
         self.jobs[rid] = job
         if self.faults["post_after_create"]:
             # The job exists (and is billed) but the answer never reaches the client.
@@ -163,7 +167,10 @@ class FakeGMI:
         if job is None:
             return web.json_response({"error": "request not found"}, status=404)
         job["reads"] += 1
-        if job["status"] not in ("success", "failed", "cancelled") and not self.never_finish:
+        if self.job_seconds is not None and job["status"] not in ("success", "failed", "cancelled"):
+            if self.wall() - job["created_at"] >= self.job_seconds:
+                job["status"] = self.final_status
+        elif job["status"] not in ("success", "failed", "cancelled") and not self.never_finish:
             if job["reads"] > self.polls_until_done:
                 job["status"] = self.final_status
             elif job["reads"] > 1:
