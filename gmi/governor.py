@@ -16,6 +16,33 @@ DEFAULT_GAP = 0.5             # seconds between any two GMI API requests of this
 MAX_GAP = 30.0
 
 
+class Waiters:
+    """Futures parked on any event loop and woken from any thread: the loop-independent way to wait for a place.
+    Callers park and drop under their own lock; ``wake_all`` is called after releasing it."""
+
+    def __init__(self):
+        self._items: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
+
+    def park(self) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        self._items.append((loop, waiter))
+        return waiter
+
+    def drop(self, waiter: asyncio.Future) -> None:
+        self._items = [(lp, w) for lp, w in self._items if w is not waiter]
+
+    def take_all(self) -> list[tuple[asyncio.AbstractEventLoop, asyncio.Future]]:
+        items, self._items = self._items, []
+        return items
+
+    @staticmethod
+    def wake(items: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]]) -> None:
+        for loop, waiter in items:  # each re-checks; a loser parks again
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(_wake, waiter)
+
+
 class Governor:
     def __init__(self, max_jobs: int = DEFAULT_MAX_JOBS, gap: float = DEFAULT_GAP,
                  clock: Callable[[], float] = time.monotonic):
@@ -25,7 +52,7 @@ class Governor:
         self.clock = clock
         self._lock = threading.Lock()
         self._in_flight = 0
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
+        self._waiters = Waiters()
         self._next_request = 0.0
         self._paused_until = 0.0
         self.peak_in_flight = 0
@@ -44,23 +71,20 @@ class Governor:
                     self._in_flight += 1
                     self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
                     break
-                waiter = asyncio.get_running_loop().create_future()
-                self._waiters.append((asyncio.get_running_loop(), waiter))
+                waiter = self._waiters.park()
             try:
                 await waiter
             except asyncio.CancelledError:
                 with self._lock:
-                    self._waiters = [(lp, w) for lp, w in self._waiters if w is not waiter]
+                    self._waiters.drop(waiter)
                 raise
         try:
             yield
         finally:
             with self._lock:
                 self._in_flight -= 1
-                waiters, self._waiters = self._waiters, []
-            for loop, waiter in waiters:  # each re-checks; the loser waits again
-                if not loop.is_closed():
-                    loop.call_soon_threadsafe(_wake, waiter)
+                woken = self._waiters.take_all()
+            Waiters.wake(woken)
 
     def reserve_request(self) -> float:
         """Books the next request time for the caller; returns how long it must wait first."""

@@ -26,7 +26,7 @@ from typing import Any, AsyncIterator, Callable
 from .client import Clock, GMIClient, RemoteJob, Sleep, backoff_delay, pick_video_url
 from .errors import (DownloadError, GMIError, HTTPError, JobFailedError, JobTimeoutError, RateLimitedError,
                      SpendCapError, SubmitUnknownError)
-from .governor import Governor
+from .governor import Governor, Waiters
 from .models import CATALOGUE, ModelSpec, Price, parse_gmi_price
 
 log = logging.getLogger("gmi")
@@ -59,6 +59,7 @@ class Job:
     submit_started_at: float | None = None  # wall clock when the last POST began: the window to look it up in
     finished_at: float | None = None        # wall clock when GMI was seen to have finished it
     price: float | None = None              # estimated USD of the submit, when one was made
+    rehearsal: bool = False                 # made by the free local stand-in: never serves a real take
     created_at: float = 0.0
     updated_at: float = 0.0
 
@@ -92,10 +93,12 @@ class PollPolicy:
         return min(self.cap, max(self.first, age * self.growth))
 
 
-def job_key(model_id: str, payload: dict, take: int) -> str:
-    """Same model, same payload, same take: the same paid job."""
-    canonical = json.dumps({"model": model_id, "payload": payload, "take": take}, sort_keys=True,
-                           separators=(",", ":"), ensure_ascii=False)
+def job_key(model_id: str, payload: dict, take: int, rehearsal: bool = False) -> str:
+    """Same model, same payload, same take: the same paid job. A rehearsal of it is another job."""
+    what = {"model": model_id, "payload": payload, "take": take}
+    if rehearsal:
+        what["rehearsal"] = True
+    canonical = json.dumps(what, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
@@ -111,7 +114,8 @@ class Journal:
             db.execute("""CREATE TABLE IF NOT EXISTS jobs (
                 key TEXT PRIMARY KEY, model_id TEXT NOT NULL, payload TEXT NOT NULL, take INTEGER NOT NULL,
                 state TEXT NOT NULL, request_id TEXT, media_url TEXT, path TEXT, error TEXT,
-                submit_started_at REAL, finished_at REAL, price REAL, created_at REAL NOT NULL, updated_at REAL NOT NULL)""")
+                submit_started_at REAL, finished_at REAL, price REAL, rehearsal INTEGER NOT NULL DEFAULT 0,
+                created_at REAL NOT NULL, updated_at REAL NOT NULL)""")
             db.execute("CREATE INDEX IF NOT EXISTS jobs_request_id ON jobs(request_id)")
 
     def _connect(self) -> sqlite3.Connection:
@@ -126,6 +130,7 @@ class Journal:
         values = dict(zip(self._COLUMNS, row))
         values["payload"] = json.loads(values["payload"])
         values["state"] = JobState(values["state"])
+        values["rehearsal"] = bool(values["rehearsal"])
         return Job(**values)
 
     def get(self, key: str) -> Job | None:
@@ -166,23 +171,32 @@ class Journal:
 
 # One holder per take in this process, whatever event loop it runs on (ComfyUI makes a new loop per prompt).
 _holders_lock = threading.Lock()
-_holders: set[str] = set()
+_holders: dict[str, Waiters] = {}  # takes being run in this process -> who waits for them
 
 
 @asynccontextmanager
-async def holding(key: str, sleep: Sleep) -> AsyncIterator[None]:
-    """Exclusive hold of one take: a second node asking for the same take waits and then reuses the first's result."""
+async def holding(key: str) -> AsyncIterator[None]:
+    """Exclusive hold of one take: a second node asking for the same take waits and then reuses the first's result.
+    Works across ComfyUI's per-prompt event loops."""
     while True:
         with _holders_lock:
             if key not in _holders:
-                _holders.add(key)
+                _holders[key] = Waiters()
                 break
-        await sleep(0.2)
+            waiter = _holders[key].park()
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            with _holders_lock:
+                if key in _holders:
+                    _holders[key].drop(waiter)
+            raise
     try:
         yield
     finally:
         with _holders_lock:
-            _holders.discard(key)
+            woken = _holders.pop(key).take_all()
+        Waiters.wake(woken)
 
 
 class SpendCap:
@@ -286,16 +300,19 @@ class JobRunner:
             return JobResult(job.request_id, Path(job.path), reused=True)
         return None
 
-    async def run(self, spec: ModelSpec, payload: dict, take: int, *, timeout_s: float) -> JobResult:
-        """The saved video of this take, paying for it only if no earlier run already did."""
-        key = job_key(spec.model_id, payload, take)
+    async def run(self, spec: ModelSpec, payload: dict, take: int, *, timeout_s: float,
+                  rehearse: bool = False) -> JobResult:
+        """The saved video of this take, paying for it only if no earlier run already did. ``rehearse``: this runner
+        talks to the free stand-in (gmi.rehearsal), and the journal keeps the result apart from real takes."""
+        key = job_key(spec.model_id, payload, take, rehearse)
         deadline = self.clock() + timeout_s
-        async with holding(key, self.sleep):
+        async with holding(key):
             job = await asyncio.to_thread(self.journal.get, key)
             if (reused := self._saved(job)) is not None:
                 return reused
             if job is None or job.state is JobState.FAILED:
-                job = Job(key=key, model_id=spec.model_id, payload=payload, take=take, state=JobState.SUBMITTING)
+                job = Job(key=key, model_id=spec.model_id, payload=payload, take=take, state=JobState.SUBMITTING,
+                          rehearsal=rehearse)
                 fresh = True
             else:
                 fresh = False
@@ -312,7 +329,7 @@ class JobRunner:
         deadline = self.clock() + timeout_s
         known = await asyncio.to_thread(self.journal.find_request, request_id)
         key = known.key if known is not None else f"request:{request_id}"
-        async with holding(key, self.sleep):
+        async with holding(key):
             job = await asyncio.to_thread(self.journal.get, key) if known is not None else None
             if (reused := self._saved(job)) is not None:
                 return reused
@@ -352,7 +369,7 @@ class JobRunner:
     async def _submit(self, client: GMIClient, job: Job, deadline: float) -> None:
         job.request_id = job.media_url = job.path = job.error = job.finished_at = None
         spec = CATALOGUE.get(job.model_id)
-        price = await self.price(client, spec, job.payload) if spec is not None else None
+        price = await self.price(client, spec, job.payload) if spec is not None and not job.rehearsal else None
         if price is not None and self.budget is not None:
             self.budget.reserve(price)
         job.price = price.amount if price is not None else None
@@ -364,7 +381,7 @@ class JobRunner:
             raise
 
     async def _submit_paid(self, client: GMIClient, job: Job, deadline: float, price: Price | None) -> None:
-        cost = f", estimated {price}" if price is not None else ""
+        cost = f", estimated {price}" if price is not None else (" (rehearsal: nothing is paid)" if job.rehearsal else "")
         attempt = 0
         while True:
             job.state, job.submit_started_at = JobState.SUBMITTING, self.wall_clock()

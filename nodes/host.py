@@ -16,6 +16,8 @@ from server import PromptServer
 
 from ..gmi.client import GMIClient
 from ..gmi.errors import InputError
+from ..gmi.governor import shared_governor
+from ..gmi.rehearsal import REHEARSAL_KEY
 from ..gmi.jobs import Journal, JobRunner, Progress, SpendCap
 from ..gmi.keys import KEY_FILE_NAME, resolve_api_key
 from .routes import key_routes
@@ -110,12 +112,17 @@ def session_budget() -> SpendCap:
     return _budget
 
 
-def make_runner(reporter: Reporter) -> JobRunner:
+def make_runner(reporter: Reporter, rehearsal_url: str | None = None) -> JobRunner:
+    """A runner for GMI, or, given ``rehearsal_url``, for the free local stand-in (no key, no cap, no governor)."""
+    journal = Journal(pack_user_dir() / "jobs.sqlite3")
+    if rehearsal_url is not None:
+        return JobRunner(journal, lambda: GMIClient(rehearsal_url, REHEARSAL_KEY), output_dir(), on_progress=reporter)
+
     def connect() -> GMIClient:
         return GMIClient(base_url(), resolve_api_key(key_file()))
 
-    return JobRunner(Journal(pack_user_dir() / "jobs.sqlite3"), connect, output_dir(), on_progress=reporter,
-                     budget=session_budget())
+    return JobRunner(journal, connect, output_dir(), on_progress=reporter, budget=session_budget(),
+                     governor=shared_governor(int(os.environ.get("GMI_MAX_JOBS", "4") or 4)))
 
 
 _routes_added = False

@@ -11,6 +11,7 @@ from comfy_api.latest import io
 
 from ..gmi.errors import MediaError
 from ..gmi.jobs import JobResult, JobRunner
+from ..gmi.rehearsal import RehearsalQueue
 from ..gmi.media import DecodedClip, DecodeOptions, decode_clip, plan_frames
 from . import host
 from .graph import linked_outputs
@@ -30,10 +31,16 @@ def fingerprint(job: str | None) -> str:
 
 
 async def run_and_output(node: type, job: str, options: DecodeOptions,
-                         start: Callable[[JobRunner], Awaitable[JobResult]]) -> io.NodeOutput:
-    """The shared body of the video nodes: run the job (Cancel-aware), then build the outputs the graph uses."""
+                         start: Callable[[JobRunner], Awaitable[JobResult]],
+                         rehearsal_label: str | None = None) -> io.NodeOutput:
+    """The shared body of the video nodes: run the job (Cancel-aware; against the free local stand-in when a
+    rehearsal label is given), then build the outputs the graph uses."""
     reporter = host.Reporter(node.hidden.unique_id)
-    result = await host.until_interrupted(start(host.make_runner(reporter)))
+    if rehearsal_label is not None:
+        async with RehearsalQueue(rehearsal_label) as queue:
+            result = await host.until_interrupted(start(host.make_runner(reporter, queue.base_url)))
+    else:
+        result = await host.until_interrupted(start(host.make_runner(reporter)))
     linked = linked_outputs(node.hidden.prompt, node.hidden.unique_id)
     output = await node_output(result, linked, options, reporter)
     if linked is not None and not {FRAMES, AUDIO} <= linked:

@@ -46,6 +46,11 @@ class GMIKlingV3TextToVideo(io.ComfyNode):
                                      "paid generation. Keep the control on 'fixed' to avoid paying on every queue."),
                 timeout_input(),
                 *outputs.decode_inputs(),
+                io.Boolean.Input("rehearse", default=False, optional=True, label_on="rehearsal (free)",
+                                 label_off="real (paid)",
+                                 tooltip="Rehearsal: a free local stand-in returns a test clip of exactly the size, "
+                                         "frame rate, length and sound the real job would give, so the rest of the "
+                                         "graph can be built and checked without a key or spending."),
             ],
             outputs=outputs.schema_outputs(),
             hidden=[io.Hidden.unique_id, io.Hidden.prompt],
@@ -73,10 +78,11 @@ class GMIKlingV3TextToVideo(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, prompt=None, negative_prompt=None, duration=None, aspect_ratio=None, sound=None,
-                           take=None, timeout_minutes=None, **_):
+                           take=None, timeout_minutes=None, rehearse=False, **_):
         try:
             key = job_key(KLING_V3_T2V.model_id,
-                          *_payload_and_take(prompt, negative_prompt, duration, aspect_ratio, sound, take))
+                          *_payload_and_take(prompt, negative_prompt, duration, aspect_ratio, sound, take),
+                          bool(rehearse))
         except GMIError:
             key = None
         return outputs.fingerprint(key)
@@ -84,10 +90,12 @@ class GMIKlingV3TextToVideo(io.ComfyNode):
     @classmethod
     async def execute(cls, prompt: str, negative_prompt: str, duration: int, aspect_ratio: str, sound: bool, take: int,
                       timeout_minutes: int = 30, max_frames: int = 0, every_nth: int = 1,
-                      max_side: int = 0) -> io.NodeOutput:
+                      max_side: int = 0, rehearse: bool = False) -> io.NodeOutput:
         payload, take = _payload_and_take(prompt, negative_prompt, duration, aspect_ratio, sound, take)
         timeout_s = check_timeout_minutes(timeout_minutes) * 60
         options = DecodeOptions(max_frames=max_frames, every_nth=every_nth, max_side=max_side)
+        rehearse = bool(rehearse)
         return await outputs.run_and_output(
-            cls, job_key(KLING_V3_T2V.model_id, payload, take), options,
-            lambda runner: runner.run(KLING_V3_T2V, payload, take, timeout_s=timeout_s))
+            cls, job_key(KLING_V3_T2V.model_id, payload, take, rehearse), options,
+            lambda runner: runner.run(KLING_V3_T2V, payload, take, timeout_s=timeout_s, rehearse=rehearse),
+            rehearsal_label=f"take {take}" if rehearse else None)

@@ -13,7 +13,7 @@ CORE = {"SaveVideo", "SaveAudio", "SaveAudioMP3", "PreviewAudio", "SaveImage", "
 THIRD_PARTY = {"VHS_VideoCombine": "VideoHelperSuite"}
 OURS = {"GMIKlingV3TextToVideo": ["prompt", "negative_prompt", "duration", "aspect_ratio", "sound", "take",
                                   "control_after_generate", "timeout_minutes", "max_frames", "every_nth",
-                                  "max_side"]}
+                                  "max_side", "rehearse"]}
 
 
 def load(path: Path) -> dict:
@@ -43,6 +43,7 @@ def test_our_nodes_start_fixed_with_every_widget(path):
         assert len(node["widgets_values"]) == len(OURS[node["type"]])
         assert values["control_after_generate"] == "fixed", "a shared workflow must not re-bill on every queue"
         assert values["aspect_ratio"] in ("16:9", "9:16", "1:1") and 3 <= values["duration"] <= 15
+        assert values["rehearse"] is False, "examples run for real; rehearsal is the user's switch"
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
