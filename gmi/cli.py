@@ -53,17 +53,17 @@ def parse_take(values: dict, name: str) -> Take:
 class Printer:
     """Progress lines on stderr (one per change), the request id and the path on stdout."""
 
-    def __init__(self, prefix: str = "", quiet_ids: bool = False):
+    def __init__(self, prefix: str = "", ids_on_stdout: bool = True):
         self.prefix = prefix
-        self.quiet_ids = quiet_ids
+        self.ids_on_stdout = ids_on_stdout  # a batch keeps stdout for its summary table
         self.last = ""
         self.request_id: str | None = None
 
     def __call__(self, event: Progress) -> None:
         if event.request_id and event.request_id != self.request_id:
             self.request_id = event.request_id
-            if not self.quiet_ids:
-                print(f"{self.prefix}request_id {event.request_id}", flush=True)
+            print(f"{self.prefix}request_id {event.request_id}", flush=True,
+                  file=sys.stdout if self.ids_on_stdout else sys.stderr)
         text = event.text if event.stage != "downloading" or event.fraction in (None, 1.0) else ""
         if text and text != self.last:
             self.last = text
@@ -163,7 +163,7 @@ async def cmd_batch(args) -> int:
     rows: dict[str, tuple[str, str, str]] = {}
 
     async def one(take: Take) -> None:
-        printer = Printer(prefix=f"[{take.name}] ")
+        printer = Printer(prefix=f"[{take.name}] ", ids_on_stdout=False)
         async with gate:
             try:
                 result = await run_take(args, take, printer)

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from typing import AsyncIterator, Callable
 
 DEFAULT_MAX_JOBS = 4          # jobs in flight (submitted, not yet downloaded)
-DEFAULT_GAP = 0.5             # seconds between any two GMI API requests of this process
+DEFAULT_GAP = 0.25            # seconds between any two GMI API requests of this process
 MAX_GAP = 30.0
 
 

@@ -319,9 +319,8 @@ class JobRunner:
             async with self._remote() as client:
                 if not fresh and job.state in (JobState.SUBMITTING, JobState.SUBMIT_UNKNOWN):
                     await self._reconcile(client, job)
-                if job.state is JobState.SUBMITTING:
-                    await self._submit(client, job, deadline)
-                return await self._drive(client, job, deadline)
+                answer = await self._submit(client, job, deadline) if job.state is JobState.SUBMITTING else None
+                return await self._drive(client, job, deadline, answer)
 
     async def collect(self, request_id: str, *, timeout_s: float) -> JobResult:
         """The video of an existing request, by its id: never submits anything."""
@@ -353,9 +352,9 @@ class JobRunner:
                         await self._record(job)
                 return await self._drive(client, job, deadline)
 
-    async def _drive(self, client: GMIClient, job: Job, deadline: float) -> JobResult:
+    async def _drive(self, client: GMIClient, job: Job, deadline: float, known: RemoteJob | None = None) -> JobResult:
         if job.state is JobState.SUBMITTED:
-            await self._wait(client, job, deadline)
+            await self._wait(client, job, deadline, known)
         # SUCCEEDED, or SAVED with the file gone: fetch the video (again).
         return await self._download(client, job)
 
@@ -366,7 +365,7 @@ class JobRunner:
             _gmi_rates[key] = parse_gmi_price(await client.model_info(spec.model_id))
         return spec.estimate_price(payload, _gmi_rates[key])
 
-    async def _submit(self, client: GMIClient, job: Job, deadline: float) -> None:
+    async def _submit(self, client: GMIClient, job: Job, deadline: float) -> RemoteJob:
         job.request_id = job.media_url = job.path = job.error = job.finished_at = None
         spec = CATALOGUE.get(job.model_id)
         price = await self.price(client, spec, job.payload) if spec is not None and not job.rehearsal else None
@@ -374,13 +373,13 @@ class JobRunner:
             self.budget.reserve(price)
         job.price = price.amount if price is not None else None
         try:
-            await self._submit_paid(client, job, deadline, price)
+            return await self._submit_paid(client, job, deadline, price)
         except BaseException:
             if price is not None and self.budget is not None and job.state is JobState.FAILED:
                 self.budget.release(price)
             raise
 
-    async def _submit_paid(self, client: GMIClient, job: Job, deadline: float, price: Price | None) -> None:
+    async def _submit_paid(self, client: GMIClient, job: Job, deadline: float, price: Price | None) -> RemoteJob:
         cost = f", estimated {price}" if price is not None else (" (rehearsal: nothing is paid)" if job.rehearsal else "")
         attempt = 0
         while True:
@@ -413,6 +412,7 @@ class JobRunner:
             await self._finish(job, remote)
         if cancelled:
             raise asyncio.CancelledError()
+        return remote
 
     async def _post(self, client: GMIClient, job: Job) -> tuple[RemoteJob, bool]:
         """One POST, carried to its answer even when this run is cancelled meanwhile (the answer says whether a paid
@@ -477,14 +477,16 @@ class JobRunner:
             return
         await self._mark_submit_unknown(job, why, [r.request_id for r in window])
 
-    async def _wait(self, client: GMIClient, job: Job, deadline: float) -> None:
+    async def _wait(self, client: GMIClient, job: Job, deadline: float, known: RemoteJob | None = None) -> None:
+        """Polls until GMI finishes the job. ``known``: a status just read (the POST's answer), so the first read
+        waits one interval instead of asking again at once."""
         started = self.clock()
         since = job.submit_started_at or self.wall_clock()  # elapsed counts from the submit, also after a re-attach
         spec = CATALOGUE.get(job.model_id)
         eta = (await asyncio.to_thread(expected_seconds, self.journal, spec, job.payload))[0] \
             if spec is not None and job.payload else None
         while True:
-            remote = await client.status(job.request_id, deadline=deadline)
+            remote, known = known or await client.status(job.request_id, deadline=deadline), None
             if remote.terminal:
                 await self._finish(job, remote)
                 return

@@ -53,6 +53,7 @@ class FakeGMI:
         self.model_record: dict | None = None  # what GET /models/{id} answers; None = 404
         self.job_seconds: float | None = None  # if set, a job ends this long (by ``wall``) after its submit
         self.open_at_post: list[int] = []      # jobs submitted but not yet downloaded, seen at each POST
+        self.refuse_prompts_with: str | None = None  # POSTs whose prompt contains this get GMI's 400
         self.listing = False            # whether GET /requests (known only from third-party clients) exists
 
     # --- lifecycle --------------------------------------------------------------------------------------------
@@ -137,6 +138,8 @@ class FakeGMI:
             return fault
         if not self._authorized(request):
             return web.json_response({"error": "Invalid API key"}, status=401)
+        if self.refuse_prompts_with and self.refuse_prompts_with in str(body.get("payload", {}).get("prompt")):
+            return web.json_response({"error": "payload.prompt: content refused by moderation"}, status=400)
         if body.get("model") != "kling-v3-text-to-video":
             return web.json_response({"error": f"model {body.get('model')} not found"}, status=404)
         fetched = {path.rsplit("/", 1)[1].split(".")[0] for path, _ in self.media_requests}

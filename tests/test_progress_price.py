@@ -23,7 +23,7 @@ async def test_first_job_uses_the_default_eta(gmi, fake_time, tmp_path):
 
 
 async def test_eta_is_learned_from_finished_jobs_of_the_same_duration_and_sound(gmi, fake_time, tmp_path):
-    for take, polls in enumerate([6, 8, 10]):  # 3 s polls: the jobs take about 18, 24 and 30 s
+    for take, polls in enumerate([6, 8, 10]):  # 3 s polls from the submit: the jobs take 21, 27 and 33 s
         gmi.polls_until_done = polls
         await run(gmi, fake_time, tmp_path, take=take)
     gmi.polls_until_done = 30
@@ -32,8 +32,8 @@ async def test_eta_is_learned_from_finished_jobs_of_the_same_duration_and_sound(
     gmi.polls_until_done = 20
     await run(gmi, fake_time, tmp_path, take=99, events=events)
     waiting = texts(events, "processing")
-    assert any("of about 24s" in t for t in waiting), waiting
-    assert any("taking longer than usual (usually about 24s)" in t for t in waiting)
+    assert any("of about 27s" in t for t in waiting), waiting
+    assert any("taking longer than usual (usually about 27s)" in t for t in waiting)
     fractions = [e.fraction for e in events if e.stage == "processing" and e.fraction is not None]
     assert fractions == sorted(fractions) and max(fractions) <= 0.95
 
