@@ -205,7 +205,8 @@ async def cmd_jobs(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m gmi", description="GMI Cloud video from the command line: the "
+    prog = "python -m gmi" if Path(sys.argv[0]).name in ("__main__.py", "-m") else Path(sys.argv[0]).name
+    parser = argparse.ArgumentParser(prog=prog, description="GMI Cloud video from the command line: the "
                                      "same engine and journal semantics as the ComfyUI nodes (never pays twice).")
     parser.add_argument("--journal", type=Path, default=Path(os.environ.get("GMI_JOURNAL", HOME / "jobs.sqlite3")),
                         help="the job journal (default: $GMI_JOURNAL or ~/.gmi_cloud/jobs.sqlite3)")

@@ -1,0 +1,175 @@
+"""The model catalogue: each model's inputs, allowed values, defaults, validation and payload building.
+
+A model is data (a ModelSpec); adding a sibling model is adding an entry, not code.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class Param:
+    """One payload key: how the user's value is checked and how it is written on the wire."""
+
+    name: str
+    kind: str  # "text" | "int" | "enum" | "switch"
+    required: bool = False
+    default: Any = None
+    options: tuple[str, ...] = ()
+    min: int | None = None
+    max: int | None = None
+    wire: str = "same"  # "same" | "str" (int sent as a string) | "on_off" (bool sent as "on"/"off")
+    omit_empty: bool = False
+
+    def check(self, value: Any) -> Any:
+        """The wire value for ``value``; raises InputError naming this input and what is allowed."""
+        if value is None:
+            value = self.default
+        if self.kind == "text":
+            text = "" if value is None else str(value).strip()
+            if self.required and not text:
+                raise InputError(f"{self.name}: is empty; type a description of the video (1-{self.max} characters).")
+            if self.max is not None and len(text) > self.max:
+                raise InputError(f"{self.name}: is {len(text)} characters long; the limit is {self.max}. Shorten it.")
+            return text
+        if self.kind == "int":
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                raise InputError(f"{self.name}: {value!r} is not a whole number; use {self.min}-{self.max}.")
+            try:
+                number = int(str(value).strip())
+            except ValueError:
+                raise InputError(f"{self.name}: {value!r} is not a whole number; use {self.min}-{self.max}.") from None
+            if not (self.min <= number <= self.max):
+                raise InputError(f"{self.name}: {number} is out of range; use {self.min}-{self.max}.")
+            return str(number) if self.wire == "str" else number
+        if self.kind == "enum":
+            if value not in self.options:
+                raise InputError(f"{self.name}: {value!r} is not allowed; use one of {', '.join(self.options)}.")
+            return value
+        if self.kind == "switch":
+            if isinstance(value, str) and value in ("on", "off"):
+                value = value == "on"
+            if not isinstance(value, bool):
+                raise InputError(f"{self.name}: {value!r} is not on/off; use true or false.")
+            return ("on" if value else "off") if self.wire == "on_off" else value
+        raise AssertionError(f"unknown param kind {self.kind}")
+
+
+@dataclass(frozen=True)
+class Price:
+    """What one take is expected to cost."""
+
+    amount: float       # USD
+    per_second: float
+    seconds: int
+    source: str         # where the rate came from
+
+    def __str__(self) -> str:
+        return f"${self.amount:.2f} ({self.seconds} s x ${self.per_second:.3f}/s, {self.source})"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    model_id: str
+    title: str
+    params: tuple[Param, ...]
+    # Output frame size for each aspect ratio (what the model renders), for memory estimates and rehearsal.
+    frame_sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    fps: float = 24.0
+    # USD per second of video, by sound on/off, used when GMI's /models/{id} gives no price.
+    price_per_second: dict[bool, float] = field(default_factory=dict)
+    price_source: str = ""
+    # Seconds a job usually takes before this machine has history: base + per second of video.
+    eta_base: float = 60.0
+    eta_per_second: float = 12.0
+
+    def seconds(self, payload: dict) -> int:
+        return int(payload.get("duration", 5))
+
+    def has_sound(self, payload: dict) -> bool:
+        return payload.get("sound", "on") == "on"
+
+    def timing_group(self, payload: dict) -> tuple:
+        """Jobs alike in how long they take: same duration, same sound."""
+        return (self.seconds(payload), self.has_sound(payload))
+
+    def default_eta(self, payload: dict) -> float:
+        return self.eta_base + self.eta_per_second * self.seconds(payload)
+
+    def estimate_price(self, payload: dict, gmi_per_second: float | None = None) -> Price:
+        """Duration x rate; GMI's own per-second price when it gave one, else the catalogue's table."""
+        seconds = self.seconds(payload)
+        if gmi_per_second is not None:
+            return Price(round(seconds * gmi_per_second, 4), gmi_per_second, seconds, "GMI's price")
+        rate = self.price_per_second[self.has_sound(payload)]
+        return Price(round(seconds * rate, 4), rate, seconds, self.price_source)
+
+    def param(self, name: str) -> Param:
+        return next(p for p in self.params if p.name == name)
+
+    def build_payload(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The JSON payload GMI expects, from the user's values; refuses bad input before anything is paid."""
+        unknown = set(values) - {p.name for p in self.params}
+        if unknown:
+            raise InputError(f"{self.model_id}: unknown input(s) {', '.join(sorted(unknown))}.")
+        payload: dict[str, Any] = {}
+        for p in self.params:
+            wire = p.check(values.get(p.name))
+            if p.omit_empty and wire in ("", None):
+                continue
+            payload[p.name] = wire
+        return payload
+
+
+KLING_V3_T2V = ModelSpec(
+    model_id="kling-v3-text-to-video",
+    title="Kling v3 Text to Video",
+    params=(
+        Param("prompt", "text", required=True, max=2500),
+        Param("negative_prompt", "text", default="", max=2500, omit_empty=True),
+        Param("duration", "int", default=5, min=3, max=15, wire="str"),
+        Param("aspect_ratio", "enum", default="16:9", options=("16:9", "9:16", "1:1")),
+        Param("sound", "switch", default=True, wire="on_off"),
+    ),
+    frame_sizes={"16:9": (1280, 720), "9:16": (720, 1280), "1:1": (720, 720)},
+    fps=24.0,
+    # GMI publishes no figure we could confirm; these are the reported rates (2026), higher with sound.
+    price_per_second={False: 0.168, True: 0.252},
+    price_source="estimate from reported rates",
+)
+
+
+def parse_gmi_price(info: dict | None) -> float | None:
+    """USD per second of video from a GET /models/{id} answer, when it states one plainly; else None."""
+    if not isinstance(info, dict):
+        return None
+    for block in (info.get("price_info"), info.get("pricing"), info):
+        if not isinstance(block, dict):
+            continue
+        price, unit = block.get("price"), str(block.get("unit") or block.get("pricing_type") or "").lower()
+        if isinstance(price, str):
+            try:
+                price = float(price.strip().lstrip("$"))
+            except ValueError:
+                continue
+        if isinstance(price, (int, float)) and not isinstance(price, bool) and price > 0 and "sec" in unit:
+            return float(price)
+    return None
+
+CATALOGUE: dict[str, ModelSpec] = {KLING_V3_T2V.model_id: KLING_V3_T2V}
+
+
+def check_take(take: Any) -> int:
+    """The take number (seed-like, never sent to GMI)."""
+    if isinstance(take, bool) or not isinstance(take, int) or take < 0:
+        raise InputError(f"take: {take!r} is not allowed; use a whole number 0 or more.")
+    return take
+
+
+def check_timeout_minutes(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (1 <= value <= 24 * 60):
+        raise InputError(f"timeout_minutes: {value!r} is not allowed; use 1-1440 minutes.")
+    return float(value)
