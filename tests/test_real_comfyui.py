@@ -293,3 +293,13 @@ async def test_example_workflows_run_on_core_nodes(host, gmi, name, saved):
     videos = [o["images"][0] for o in entry["outputs"].values() if o.get("images") and o["images"][0].get(
         "subfolder") == "video"]
     assert len(videos) == saved and len(gmi.created) == saved
+
+
+async def test_rehearsal_runs_the_whole_graph_without_touching_gmi(host, gmi):
+    graph = example_graph(await host.get("/object_info"))
+    graph["1"]["inputs"].update(rehearse=True, duration=3, max_side=320)
+    entry = await host.wait(await host.queue(graph))
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert gmi.api_requests == [] and gmi.media_requests == []
+    assert "rehearsal" in entry["outputs"]["1"]["images"][0]["filename"]
+    assert len(entry["outputs"]["4"]["images"]) == 72 and first_frame_size(host, entry) == (320, 180)
