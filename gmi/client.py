@@ -266,32 +266,27 @@ class GMIClient:
             raise GMIError(f"Could not reach GMI at {self.api_root.split('/api/')[0]} "
                            f"({self._clean(str(exc))[:200]}).") from None
 
-    async def model_info(self, model_id: str) -> dict | None:
-        """GET /models/{id} (parameters and pricing), or None when it does not answer plainly."""
+    async def _lookup(self, path: str, params: dict | None = None):
+        """A GET that is only a hint (catalogue, listing): the JSON body on success, None on any failure."""
         assert self._session is not None, "use the client inside 'async with'"
+        await self._turn()
         try:
-            async with self._session.get(f"{self.api_root}/models/{model_id}", headers=self._auth(),
+            async with self._session.get(f"{self.api_root}{path}", params=params, headers=self._auth(),
                                          timeout=aiohttp.ClientTimeout(total=self.timing.status_timeout)) as resp:
-                if resp.status >= 400:
-                    return None
-                body = await resp.json(content_type=None)
+                self._heard(resp.status, parse_retry_after(resp.headers.get("Retry-After")))
+                return await resp.json(content_type=None) if resp.status < 400 else None
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
             return None
+
+    async def model_info(self, model_id: str) -> dict | None:
+        """GET /models/{id} (parameters and pricing), or None when it does not answer plainly."""
+        body = await self._lookup(f"/models/{model_id}")
         return body if isinstance(body, dict) else None
 
     async def list_requests(self, model_id: str) -> list[RemoteJob] | None:
         """Recent jobs of this account for ``model_id`` (GET /requests, known only from third-party clients), or
         None when GMI does not offer the listing."""
-        assert self._session is not None, "use the client inside 'async with'"
-        try:
-            async with self._session.get(f"{self.api_root}/requests", params={"model_id": model_id},
-                                         headers=self._auth(),
-                                         timeout=aiohttp.ClientTimeout(total=self.timing.status_timeout)) as resp:
-                if resp.status >= 400:
-                    return None
-                body = await resp.json(content_type=None)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
-            return None
+        body = await self._lookup("/requests", {"model_id": model_id})
         items = body.get("requests") if isinstance(body, dict) else body
         if not isinstance(items, list):
             return None
