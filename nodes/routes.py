@@ -11,13 +11,14 @@ from aiohttp import web
 from ..gmi.client import GMIClient
 from ..gmi.errors import GMIError, InputError
 from ..gmi.keys import forget_key, key_status, resolve_api_key, store_key
+from ..gmi.models import CATALOGUE
 
 PREFIX = "/gmi_cloud"
 
 
 def key_routes(key_file: Callable[[], Path], base_url: Callable[[], str]) -> web.RouteTableDef:
     """GET/POST/DELETE {PREFIX}/key and POST {PREFIX}/key/test. The key goes in, never out: answers carry only
-    whether one is set, where from, and its last four characters."""
+    whether one is set, where from, and its last four characters. GET {PREFIX}/prices: the catalogue's rates."""
     routes = web.RouteTableDef()
 
     @routes.get(PREFIX + "/key")
@@ -40,6 +41,14 @@ def key_routes(key_file: Callable[[], Path], base_url: Callable[[], str]) -> web
     async def forget(request: web.Request) -> web.Response:
         await asyncio.to_thread(forget_key, key_file())
         return web.json_response(await asyncio.to_thread(key_status, key_file()))
+
+    @routes.get(PREFIX + "/prices")
+    async def prices(request: web.Request) -> web.Response:
+        # The table the node shows its estimate from (GMI's own rate, once learned, replaces it at submit).
+        return web.json_response({spec.model_id: {"per_second": {"on": spec.price_per_second[True],
+                                                                  "off": spec.price_per_second[False]},
+                                                   "source": spec.price_source}
+                                  for spec in CATALOGUE.values()})
 
     @routes.post(PREFIX + "/key/test")
     async def test(request: web.Request) -> web.Response:

@@ -74,3 +74,9 @@ async def test_test_button_checks_the_key_with_gmi(panel, gmi):
     await client.delete("/gmi_cloud/key")
     result = await (await client.post("/gmi_cloud/key/test")).json()
     assert result["ok"] is False and "GMI_API_KEY" in result["error"]
+
+
+async def test_prices_route_gives_the_table_the_node_estimates_from(panel):
+    client, _ = panel
+    table = await (await client.get("/gmi_cloud/prices")).json()
+    assert table["kling-v3-text-to-video"]["per_second"] == {"on": 0.252, "off": 0.168}

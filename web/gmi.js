@@ -1,8 +1,23 @@
 // GMI Cloud video nodes: frontend touches (take starts at "fixed"; the API key's settings panel).
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
+/* global LiteGraph */
 
-const PAID_NODES = new Set(["GMIKlingV3TextToVideo"]);
+const PAID_NODES = { GMIKlingV3TextToVideo: "kling-v3-text-to-video" };
+let prices = null;
+api.fetchApi("/gmi_cloud/prices").then((r) => r.json()).then((table) => { prices = table; }).catch(() => {});
+
+// "≈ $1.26 for 5 s with sound" at the node's foot, from its current widgets: the price before you pay.
+function estimate(node) {
+  const rate = prices?.[PAID_NODES[node.comfyClass]]?.per_second;
+  const value = (name) => node.widgets?.find((w) => w.name === name)?.value;
+  if (!rate) return "";
+  if (value("rehearse")) return "rehearsal: free";
+  const seconds = Number(value("duration") ?? 5);
+  const sound = value("sound") !== false;
+  const dollars = seconds * (sound ? rate.on : rate.off);
+  return `≈ $${dollars.toFixed(2)} for ${seconds} s${sound ? " with sound" : ""} (estimate)`;
+}
 
 function button(label, onClick) {
   const b = document.createElement("button");
@@ -84,9 +99,21 @@ app.registerExtension({
   // The frontend starts every control_after_generate widget at "randomize": on a paid node that would buy a new
   // video on every queue. A fresh node starts at "fixed"; a loaded workflow's saved value still wins.
   async nodeCreated(node) {
-    if (!PAID_NODES.has(node.comfyClass)) return;
+    if (!(node.comfyClass in PAID_NODES)) return;
     for (const widget of node.widgets ?? []) {
       if (widget.name === "control_after_generate") widget.value = "fixed";
     }
+    const draw = node.onDrawForeground;
+    node.onDrawForeground = function (ctx) {
+      draw?.apply(this, arguments);
+      const text = estimate(this);
+      if (!text || this.flags?.collapsed) return;
+      ctx.save();
+      ctx.font = "12px sans-serif";
+      ctx.fillStyle = "#8fd18f";
+      ctx.textAlign = "right";
+      ctx.fillText(text, this.size[0] - 10, -LiteGraph.NODE_TITLE_HEIGHT - 6);
+      ctx.restore();
+    };
   },
 });
