@@ -7,7 +7,8 @@ const PAID_NODES = { GMIKlingV3TextToVideo: "kling-v3-text-to-video" };
 let prices = null;
 api.fetchApi("/gmi_cloud/prices").then((r) => r.json()).then((table) => { prices = table; }).catch(() => {});
 
-// "≈ $1.26 for 5 s with sound" at the node's foot, from its current widgets: the price before you pay.
+// "≈ $1.26 for 5 s with sound" just above the node's title, left (the frontend's source badge sits on the right),
+// from its current widgets: the price before you pay.
 function estimate(node) {
   const rate = prices?.[PAID_NODES[node.comfyClass]]?.per_second;
   const value = (name) => node.widgets?.find((w) => w.name === name)?.value;
@@ -111,8 +112,8 @@ app.registerExtension({
       ctx.save();
       ctx.font = "12px sans-serif";
       ctx.fillStyle = "#8fd18f";
-      ctx.textAlign = "right";
-      ctx.fillText(text, this.size[0] - 10, -LiteGraph.NODE_TITLE_HEIGHT - 6);
+      ctx.textAlign = "left";
+      ctx.fillText(text, 4, -LiteGraph.NODE_TITLE_HEIGHT - 6);
       ctx.restore();
     };
   },
