@@ -21,7 +21,7 @@ from contextlib import asynccontextmanager, closing
 from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import AsyncIterator, Callable
 
 from .client import Clock, GMIClient, RemoteJob, Sleep, backoff_delay, pick_video_url
 from .errors import (DownloadError, GMIError, HTTPError, JobFailedError, JobTimeoutError, RateLimitedError,

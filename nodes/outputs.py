@@ -11,8 +11,8 @@ from comfy_api.latest import io
 
 from ..gmi.errors import MediaError
 from ..gmi.jobs import JobResult, JobRunner
-from ..gmi.rehearsal import RehearsalQueue
 from ..gmi.media import DecodedClip, DecodeOptions, decode_clip, plan_frames
+from ..gmi.rehearsal import RehearsalQueue
 from . import host
 from .graph import linked_outputs
 
