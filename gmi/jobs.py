@@ -117,6 +117,15 @@ class Journal:
                 submit_started_at REAL, finished_at REAL, price REAL, rehearsal INTEGER NOT NULL DEFAULT 0,
                 created_at REAL NOT NULL, updated_at REAL NOT NULL)""")
             db.execute("CREATE INDEX IF NOT EXISTS jobs_request_id ON jobs(request_id)")
+            # A journal written by an older version lacks later columns: add them, keeping every recorded take.
+            have = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+            for column, kind in self._ADDED_LATER.items():
+                if column not in have:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+
+    # Columns added after the first release of the table, with their SQL type (and default).
+    _ADDED_LATER = {"submit_started_at": "REAL", "finished_at": "REAL", "price": "REAL",
+                    "rehearsal": "INTEGER NOT NULL DEFAULT 0"}
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)

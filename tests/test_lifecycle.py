@@ -287,3 +287,21 @@ async def test_sound_off_gives_silence_of_the_clip_length(gmi, fake_time, tmp_pa
     wave, rate = decode_audio(result.path, info)
     assert gmi.post_bodies[0]["payload"]["sound"] == "off"
     assert wave.shape[1] == round(info.frame_count / info.fps * rate) and not wave.any()
+
+
+async def test_journal_of_an_older_version_keeps_its_takes(gmi, fake_time, tmp_path):
+    import sqlite3
+
+    path = tmp_path / "user" / "jobs.sqlite3"
+    path.parent.mkdir(parents=True)
+    first = await run(gmi, fake_time, tmp_path)
+    with sqlite3.connect(path) as db:  # as the first version wrote it: without the later columns
+        rows = db.execute("SELECT key, model_id, payload, take, state, request_id, media_url, path, error, "
+                          "created_at, updated_at FROM jobs").fetchall()
+        db.execute("DROP TABLE jobs")
+        db.execute("CREATE TABLE jobs (key TEXT PRIMARY KEY, model_id TEXT NOT NULL, payload TEXT NOT NULL, take "
+                   "INTEGER NOT NULL, state TEXT NOT NULL, request_id TEXT, media_url TEXT, path TEXT, error TEXT, "
+                   "created_at REAL NOT NULL, updated_at REAL NOT NULL)")
+        db.executemany("INSERT INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+    again = await run(gmi, fake_time, tmp_path)
+    assert again.reused and again.path == first.path and len(gmi.post_bodies) == 1
