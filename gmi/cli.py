@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import settings
 from .client import GMIClient
 from .errors import GMIError, InputError, KeyMissingError
 from .governor import shared_governor
@@ -25,7 +26,6 @@ from .rehearsal import REHEARSAL_KEY, RehearsalQueue
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 HOME = Path(os.environ.get("GMI_HOME", Path.home() / ".gmi_cloud"))
-DEFAULT_BASE_URL = "https://console.gmicloud.ai"
 
 
 @dataclass
@@ -79,10 +79,9 @@ def make_runner(args, printer: Printer, rehearsal_url: str | None = None) -> Job
         key_file = HOME / KEY_FILE_NAME
 
         def connect() -> GMIClient:
-            return GMIClient(os.environ.get("GMI_BASE_URL", DEFAULT_BASE_URL), resolve_api_key(key_file))
-        cap = os.environ.get("GMI_SPEND_CAP_USD")
-        budget = SpendCap(float(cap)) if cap else None
-        governor = shared_governor(int(os.environ.get("GMI_MAX_JOBS", "4")))
+            return GMIClient(settings.base_url(), resolve_api_key(key_file))
+        budget = SpendCap(settings.spend_cap())
+        governor = shared_governor(settings.max_jobs())
     return JobRunner(Journal(args.journal), connect, args.out, on_progress=printer, budget=budget, governor=governor)
 
 

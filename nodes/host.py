@@ -5,7 +5,6 @@ Imported only from comfy_entrypoint(), inside a running ComfyUI.
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 import comfy.model_management
@@ -15,7 +14,7 @@ from comfy_api.latest import InputImpl, io, ui
 from server import PromptServer
 
 from ..gmi.client import GMIClient
-from ..gmi.errors import InputError
+from ..gmi import settings
 from ..gmi.governor import shared_governor
 from ..gmi.rehearsal import REHEARSAL_KEY
 from ..gmi.jobs import Journal, JobRunner, Progress, SpendCap
@@ -23,7 +22,6 @@ from ..gmi.keys import KEY_FILE_NAME, resolve_api_key
 from .routes import key_routes
 
 SUBFOLDER = "gmi"  # under ComfyUI's output folder
-DEFAULT_BASE_URL = "https://console.gmicloud.ai"
 STAGE_SPAN = {"submitting": (0, 5), "queued": (5, 10), "processing": (10, 80), "downloading": (80, 90),
               "saved": (90, 90), "reused": (90, 90), "decoding": (90, 100)}
 
@@ -87,10 +85,6 @@ class Reporter:
             server.send_progress_text(text, self.unique_id, server.client_id)
 
 
-def base_url() -> str:
-    return os.environ.get("GMI_BASE_URL", DEFAULT_BASE_URL)
-
-
 def key_file() -> Path:
     return pack_user_dir() / KEY_FILE_NAME
 
@@ -99,16 +93,10 @@ _budget: SpendCap | None = None
 
 
 def session_budget() -> SpendCap:
-    """One spend cap for the whole ComfyUI process (GMI_SPEND_CAP_USD, in USD; unset = no cap)."""
+    """One spend cap for the whole ComfyUI process (GMI_SPEND_CAP_USD; unset = no cap)."""
     global _budget
     if _budget is None:
-        raw = os.environ.get("GMI_SPEND_CAP_USD", "").strip()
-        try:
-            limit = float(raw) if raw else None
-        except ValueError:
-            raise InputError(f"GMI_SPEND_CAP_USD: {raw!r} is not an amount; set it to dollars, e.g. 20, or unset it.") \
-                from None
-        _budget = SpendCap(limit)
+        _budget = SpendCap(settings.spend_cap())
     return _budget
 
 
@@ -119,10 +107,10 @@ def make_runner(reporter: Reporter, rehearsal_url: str | None = None) -> JobRunn
         return JobRunner(journal, lambda: GMIClient(rehearsal_url, REHEARSAL_KEY), output_dir(), on_progress=reporter)
 
     def connect() -> GMIClient:
-        return GMIClient(base_url(), resolve_api_key(key_file()))
+        return GMIClient(settings.base_url(), resolve_api_key(key_file()))
 
     return JobRunner(journal, connect, output_dir(), on_progress=reporter, budget=session_budget(),
-                     governor=shared_governor(int(os.environ.get("GMI_MAX_JOBS", "4") or 4)))
+                     governor=shared_governor(settings.max_jobs()))
 
 
 _routes_added = False
@@ -133,7 +121,7 @@ def register_routes() -> None:
     global _routes_added
     if not _routes_added and PromptServer.instance is not None:
         table = PromptServer.instance.routes  # a RouteTableDef: re-declare each of ours on it
-        for route in key_routes(key_file, base_url):
+        for route in key_routes(key_file, settings.base_url):
             table.route(route.method, route.path, **route.kwargs)(route.handler)
         _routes_added = True
 

@@ -5,6 +5,7 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -86,8 +87,17 @@ async def test_batch_rerun_after_a_crash_submits_only_what_is_missing(gmi, tmp_p
     gmi.never_finish = True
     batch = write_batch(tmp_path / "b.jsonl", ["one", "two", "three"])
 
+    journal = tmp_path / "home" / "jobs.sqlite3"
+
+    def recorded_as_submitted() -> int:
+        try:
+            with sqlite3.connect(journal) as db:
+                return db.execute("SELECT count(*) FROM jobs WHERE state = 'submitted'").fetchone()[0]
+        except sqlite3.Error:
+            return 0
+
     async def crash_once_two_are_submitted(proc):
-        while len(gmi.created) < 2:
+        while recorded_as_submitted() < 2:  # both request ids are in the journal (and being polled)
             await asyncio.sleep(0.02)
         proc.kill()  # no cleanup at all, as in a power cut
 

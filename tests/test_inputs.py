@@ -66,3 +66,23 @@ def test_linked_outputs_reads_the_graph():
              "6": {"class_type": "PreviewImage", "inputs": {"images": ["9", 1]}}}
     assert linked_outputs(graph, "3") == {0, 2}
     assert linked_outputs(None, "3") is None
+
+
+@pytest.mark.parametrize("name,value,words", [("GMI_SPEND_CAP_USD", "twenty", "amount of dollars"),
+                                              ("GMI_SPEND_CAP_USD", "-5", "amount of dollars"),
+                                              ("GMI_MAX_JOBS", "0", "1-64"), ("GMI_MAX_JOBS", "four", "1-64")])
+def test_bad_environment_values_are_refused_in_one_line(name, value, words):
+    from gmi_video_pack.gmi import settings
+
+    reader = settings.spend_cap if name == "GMI_SPEND_CAP_USD" else settings.max_jobs
+    with pytest.raises(InputError) as err:
+        reader({name: value})
+    assert name in str(err.value) and words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_environment_values_and_defaults():
+    from gmi_video_pack.gmi import settings
+
+    assert settings.spend_cap({}) is None and settings.spend_cap({"GMI_SPEND_CAP_USD": "$12.5"}) == 12.5
+    assert settings.max_jobs({}) == 4 and settings.max_jobs({"GMI_MAX_JOBS": "8"}) == 8
+    assert settings.base_url({}) == "https://console.gmicloud.ai"
