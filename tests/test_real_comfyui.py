@@ -37,9 +37,13 @@ class Host:
     def __init__(self, base: Path, env: dict):
         self.base, self.env, self.port, self.proc = base, env, free_port(), None
         (base / "custom_nodes").mkdir(parents=True, exist_ok=True)
-        link = base / "custom_nodes" / "gmi-cloud-video"
-        if not link.exists():
-            link.symlink_to(ROOT, target_is_directory=True)
+        packs = {"gmi-cloud-video": ROOT}
+        if os.environ.get("COMFYUI_VHS"):  # a VideoHelperSuite checkout, for the workflow that needs it
+            packs["ComfyUI-VideoHelperSuite"] = Path(os.environ["COMFYUI_VHS"])
+        for name, source in packs.items():
+            link = base / "custom_nodes" / name
+            if not link.exists():
+                link.symlink_to(source, target_is_directory=True)
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = base / "server.log"
 
@@ -303,3 +307,13 @@ async def test_rehearsal_runs_the_whole_graph_without_touching_gmi(host, gmi):
     assert gmi.api_requests == [] and gmi.media_requests == []
     assert "rehearsal" in entry["outputs"]["1"]["images"][0]["filename"]
     assert len(entry["outputs"]["4"]["images"]) == 72 and first_frame_size(host, entry) == (320, 180)
+
+
+@pytest.mark.skipif(not os.environ.get("COMFYUI_VHS"), reason="set COMFYUI_VHS to a VideoHelperSuite checkout")
+async def test_videohelpersuite_workflow_runs(host, gmi):
+    info = await host.get("/object_info")
+    workflow = json.loads((ROOT / "workflows" / "kling_v3_vhs_video_combine.json").read_text())
+    entry = await host.wait(await host.queue(to_api(workflow, info)))
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    (combined,) = [o for o in entry["outputs"].values() if "gifs" in o]
+    assert combined["gifs"][0]["filename"].endswith(".mp4") and len(gmi.created) == 1

@@ -27,11 +27,14 @@ def to_api(workflow: dict, object_info: dict) -> dict:
         order = info.get("input_order", {})
         names = order.get("required", []) + order.get("optional", []) if order else list(specs)
         linked = {i["name"]: i["link"] for i in node.get("inputs", []) if i.get("link") is not None}
-        values = list(node.get("widgets_values") or [])
-        inputs = {}
+        widgets = node.get("widgets_values") or []
+        # Some packs (VideoHelperSuite) save widgets by name, including ones their format adds at run time.
+        named = {k: v for k, v in widgets.items() if not isinstance(v, dict)} if isinstance(widgets, dict) else None
+        values = [] if named is not None else list(widgets)
+        inputs = dict(named or {})
         for name in names:
             spec = specs[name]
-            if _is_widget(spec):
+            if _is_widget(spec) and named is None:
                 if not values:
                     if name in linked:
                         pass
