@@ -18,7 +18,7 @@ from . import settings
 from .client import GMIClient
 from .errors import GMIError, InputError, KeyMissingError
 from .governor import shared_governor
-from .jobs import Journal, JobRunner, JobState, Progress, SpendCap
+from .jobs import Journal, JobRunner, JobState, Progress, SpendCap, percent_done
 from .keys import KEY_FILE_NAME, resolve_api_key
 from .media import decode_audio, ffmpeg_exe, probe
 from .models import KLING_V3_T2V, check_take, check_timeout_minutes
@@ -67,7 +67,14 @@ class Printer:
         text = event.text if event.stage != "downloading" or event.fraction in (None, 1.0) else ""
         if text and text != self.last:
             self.last = text
-            print(f"{self.prefix}{text}", file=sys.stderr, flush=True)
+            print(f"{self.prefix}{bar(event)}{text}", file=sys.stderr, flush=True)
+
+
+def bar(event: Progress, width: int = 20) -> str:
+    """A text progress bar for the whole job (the same stages as the node's bar)."""
+    percent = percent_done(event, decoding_follows=False)
+    filled = round(width * percent / 100)
+    return f"[{'#' * filled}{'.' * (width - filled)}] {percent:3.0f}%  "
 
 
 def make_runner(args, printer: Printer, rehearsal_url: str | None = None) -> JobRunner:

@@ -81,6 +81,19 @@ class Progress:
     request_id: str | None = None
 
 
+# Share of a whole run (0..100) that each stage covers, for progress bars; decoding is the nodes' last step.
+STAGE_SPANS = {"submitting": (0, 5), "queued": (5, 10), "processing": (10, 80), "downloading": (80, 90),
+               "saved": (90, 90), "reused": (90, 90), "decoding": (90, 100)}
+
+
+def percent_done(event: Progress, decoding_follows: bool = True) -> float:
+    """How far the whole run is, 0..100, for a bar; without a decode to follow, a saved video is 100."""
+    if not decoding_follows and event.stage in ("saved", "reused"):
+        return 100.0
+    low, high = STAGE_SPANS.get(event.stage, (0, 100))
+    return low + (high - low) * (event.fraction if event.fraction is not None else 0.0)
+
+
 @dataclass(frozen=True)
 class PollPolicy:
     """Polling grows with the job's age: ``first`` seconds early on, up to ``cap``."""

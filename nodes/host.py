@@ -17,13 +17,11 @@ from ..gmi.client import GMIClient
 from ..gmi import settings
 from ..gmi.governor import shared_governor
 from ..gmi.rehearsal import REHEARSAL_KEY
-from ..gmi.jobs import Journal, JobRunner, Progress, SpendCap
+from ..gmi.jobs import Journal, JobRunner, Progress, SpendCap, percent_done
 from ..gmi.keys import KEY_FILE_NAME, resolve_api_key
 from .routes import key_routes
 
 SUBFOLDER = "gmi"  # under ComfyUI's output folder
-STAGE_SPAN = {"submitting": (0, 5), "queued": (5, 10), "processing": (10, 80), "downloading": (80, 90),
-              "saved": (90, 90), "reused": (90, 90), "decoding": (90, 100)}
 
 
 def pack_user_dir() -> Path:
@@ -68,10 +66,8 @@ class Reporter:
         self.bar = comfy.utils.ProgressBar(100, node_id=unique_id)
 
     def __call__(self, event: Progress) -> None:
-        low, high = STAGE_SPAN.get(event.stage, (0, 100))
-        value = low + (high - low) * (event.fraction if event.fraction is not None else 0.0)
         try:
-            self.bar.update_absolute(round(value), 100)
+            self.bar.update_absolute(round(percent_done(event)), 100)
         except comfy.model_management.InterruptProcessingException:
             return  # the bar's hook raises on Cancel; reporting must never break the engine mid-step
         self.text(event.text)
