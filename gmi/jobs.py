@@ -121,9 +121,17 @@ class Journal:
     _COLUMNS = [f.name for f in fields(Job)]
 
     def __init__(self, path: Path):
+        # Nothing is opened here: the nodes build a journal on the event loop, and every call below runs in a thread.
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as db, db:
+        self._ready = False
+        self._ready_lock = threading.Lock()
+
+    # Columns added after the first release of the table, with their SQL type (and default).
+    _ADDED_LATER = {"submit_started_at": "REAL", "finished_at": "REAL", "price": "REAL",
+                    "rehearsal": "INTEGER NOT NULL DEFAULT 0"}
+
+    def _prepare(self, db: sqlite3.Connection) -> None:
+        with db:
             db.execute("""CREATE TABLE IF NOT EXISTS jobs (
                 key TEXT PRIMARY KEY, model_id TEXT NOT NULL, payload TEXT NOT NULL, take INTEGER NOT NULL,
                 state TEXT NOT NULL, request_id TEXT, media_url TEXT, path TEXT, error TEXT,
@@ -136,14 +144,19 @@ class Journal:
                 if column not in have:
                     db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
 
-    # Columns added after the first release of the table, with their SQL type (and default).
-    _ADDED_LATER = {"submit_started_at": "REAL", "finished_at": "REAL", "price": "REAL",
-                    "rehearsal": "INTEGER NOT NULL DEFAULT 0"}
-
     def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")  # a recorded request id must survive a power cut
+        with self._ready_lock:
+            if not self._ready:
+                try:
+                    self._prepare(db)
+                except BaseException:
+                    db.close()
+                    raise
+                self._ready = True
         return db
 
     def _row_to_job(self, row: tuple | None) -> Job | None:
