@@ -14,15 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import settings
-from .client import GMIClient
+from . import connect
 from .errors import GMIError, InputError, KeyMissingError
-from .governor import shared_governor
-from .jobs import Journal, JobRunner, JobState, Progress, SpendCap, percent_done
-from .keys import KEY_FILE_NAME, resolve_api_key
+from .jobs import Journal, JobState, Progress, percent_done
+from .keys import KEY_FILE_NAME
 from .media import decode_audio, ffmpeg_exe, probe
 from .models import KLING_V3_T2V, check_take, check_timeout_minutes
-from .rehearsal import REHEARSAL_KEY, RehearsalQueue
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 HOME = Path(os.environ.get("GMI_HOME", Path.home() / ".gmi_cloud"))
@@ -77,28 +74,16 @@ def bar(event: Progress, width: int = 20) -> str:
     return f"[{'#' * filled}{'.' * (width - filled)}] {percent:3.0f}%  "
 
 
-def make_runner(args, printer: Printer, rehearsal_url: str | None = None) -> JobRunner:
-    if rehearsal_url is not None:
-        def connect() -> GMIClient:
-            return GMIClient(rehearsal_url, REHEARSAL_KEY)
-        budget = governor = None
-    else:
-        key_file = HOME / KEY_FILE_NAME
-
-        def connect() -> GMIClient:
-            return GMIClient(settings.base_url(), resolve_api_key(key_file))
-        budget = SpendCap(settings.spend_cap())
-        governor = shared_governor(settings.max_jobs())
-    return JobRunner(Journal(args.journal), connect, args.out, on_progress=printer, budget=budget, governor=governor)
+def open_runner(args, printer: Printer, rehearsal_label: str | None = None):
+    """``async with``: a runner over the chosen journal and output folder (see gmi.connect)."""
+    return connect.open_runner(args.journal, args.out, HOME / KEY_FILE_NAME, on_progress=printer,
+                               rehearsal_label=rehearsal_label)
 
 
 async def run_take(args, take: Take, printer: Printer):
     timeout_s = check_timeout_minutes(args.timeout_minutes) * 60
-    if args.rehearse:
-        async with RehearsalQueue(f"take {take.take}") as queue:
-            return await make_runner(args, printer, queue.base_url).run(KLING_V3_T2V, take.payload, take.take,
-                                                                        timeout_s=timeout_s, rehearse=True)
-    return await make_runner(args, printer).run(KLING_V3_T2V, take.payload, take.take, timeout_s=timeout_s)
+    async with open_runner(args, printer, f"take {take.take}" if args.rehearse else None) as runner:
+        return await runner.run(KLING_V3_T2V, take.payload, take.take, timeout_s=timeout_s, rehearse=args.rehearse)
 
 
 def write_extras(args, video: Path) -> list[Path]:
@@ -193,8 +178,8 @@ async def cmd_batch(args) -> int:
 
 
 async def cmd_collect(args) -> int:
-    result = await make_runner(args, Printer()).collect(args.request_id,
-                                                        timeout_s=check_timeout_minutes(args.timeout_minutes) * 60)
+    async with open_runner(args, Printer()) as runner:
+        result = await runner.collect(args.request_id, timeout_s=check_timeout_minutes(args.timeout_minutes) * 60)
     print(("reused " if result.reused else "saved ") + str(result.path), flush=True)
     return EXIT_OK
 

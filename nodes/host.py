@@ -13,12 +13,9 @@ import folder_paths
 from comfy_api.latest import InputImpl, io, ui
 from server import PromptServer
 
-from ..gmi.client import GMIClient
-from ..gmi import settings
-from ..gmi.governor import shared_governor
-from ..gmi.rehearsal import REHEARSAL_KEY
-from ..gmi.jobs import Journal, JobRunner, Progress, SpendCap, percent_done
-from ..gmi.keys import KEY_FILE_NAME, resolve_api_key
+from ..gmi import connect, settings
+from ..gmi.jobs import Progress, percent_done
+from ..gmi.keys import KEY_FILE_NAME
 from .routes import key_routes
 
 SUBFOLDER = "gmi"  # under ComfyUI's output folder
@@ -85,28 +82,10 @@ def key_file() -> Path:
     return pack_user_dir() / KEY_FILE_NAME
 
 
-_budget: SpendCap | None = None
-
-
-def session_budget() -> SpendCap:
-    """One spend cap for the whole ComfyUI process (GMI_SPEND_CAP_USD; unset = no cap)."""
-    global _budget
-    if _budget is None:
-        _budget = SpendCap(settings.spend_cap())
-    return _budget
-
-
-def make_runner(reporter: Reporter, rehearsal_url: str | None = None) -> JobRunner:
-    """A runner for GMI, or, given ``rehearsal_url``, for the free local stand-in (no key, no cap, no governor)."""
-    journal = Journal(pack_user_dir() / "jobs.sqlite3")
-    if rehearsal_url is not None:
-        return JobRunner(journal, lambda: GMIClient(rehearsal_url, REHEARSAL_KEY), output_dir(), on_progress=reporter)
-
-    def connect() -> GMIClient:
-        return GMIClient(settings.base_url(), resolve_api_key(key_file()))
-
-    return JobRunner(journal, connect, output_dir(), on_progress=reporter, budget=session_budget(),
-                     governor=shared_governor(settings.max_jobs()))
+def open_runner(reporter: Reporter, rehearsal_label: str | None = None):
+    """``async with``: a runner over the pack's journal and output folder (see gmi.connect)."""
+    return connect.open_runner(pack_user_dir() / "jobs.sqlite3", output_dir(), key_file(), on_progress=reporter,
+                               rehearsal_label=rehearsal_label)
 
 
 _routes_added = False

@@ -12,7 +12,6 @@ from comfy_api.latest import io
 from ..gmi.errors import MediaError
 from ..gmi.jobs import JobResult, JobRunner
 from ..gmi.media import DecodedClip, DecodeOptions, decode_clip, plan_frames
-from ..gmi.rehearsal import RehearsalQueue
 from . import host
 from .graph import linked_outputs
 
@@ -36,11 +35,8 @@ async def run_and_output(node: type, job: str, options: DecodeOptions,
     """The shared body of the video nodes: run the job (Cancel-aware; against the free local stand-in when a
     rehearsal label is given), then build the outputs the graph uses."""
     reporter = host.Reporter(node.hidden.unique_id)
-    if rehearsal_label is not None:
-        async with RehearsalQueue(rehearsal_label) as queue:
-            result = await host.until_interrupted(start(host.make_runner(reporter, queue.base_url)))
-    else:
-        result = await host.until_interrupted(start(host.make_runner(reporter)))
+    async with host.open_runner(reporter, rehearsal_label) as runner:
+        result = await host.until_interrupted(start(runner))
     linked = linked_outputs(node.hidden.prompt, node.hidden.unique_id)
     output = await node_output(result, linked, options, reporter)
     if linked is not None and not {FRAMES, AUDIO} <= linked:

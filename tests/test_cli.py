@@ -136,3 +136,13 @@ async def test_collect_and_jobs(gmi, tmp_path, clips):
     assert code == 1 and "no request '0123456789abcdef'" in err
     code, out, err = await cli("jobs", env=environment(gmi, tmp_path))
     assert code == 0 and rid in out and "saved" in out and gmi.post_bodies == []
+
+
+async def test_one_spend_cap_covers_the_whole_batch(gmi, tmp_path):
+    gmi.finish_on_post = True
+    batch = write_batch(tmp_path / "b.jsonl", ["one", "two", "three"])  # 3 s without sound: about $0.50 each
+    env = {**environment(gmi, tmp_path), "GMI_SPEND_CAP_USD": "1.10"}
+    code, out, err = await cli("batch", str(batch), "--concurrency", "1", "--out", str(tmp_path / "out"), env=env)
+    assert code == 1 and len(gmi.post_bodies) == 2
+    assert [line.split()[1] for line in out.strip().splitlines()[1:]] == ["done", "done", "failed"]
+    assert "Spend cap reached" in err
