@@ -9,10 +9,12 @@ from .errors import InputError, KeyMissingError
 ENV_VAR = "GMI_API_KEY"
 KEY_FILE_NAME = "api_key"
 
-HOW_TO_SET = (
-    f"No GMI Cloud API key: set the {ENV_VAR} environment variable before starting ComfyUI "
-    "(or save the key in the GMI Cloud settings panel), then queue again."
-)
+
+
+def how_to_set(key_file: Path | None) -> str:
+    where = f", or put the key alone in {key_file}" if key_file is not None else ""
+    return (f"No GMI Cloud API key: set the {ENV_VAR} environment variable{where} (in ComfyUI: Settings > GMI Cloud "
+            "> API key does that for you), then try again.")
 
 
 def read_key_file(path: Path | None) -> str | None:
@@ -36,7 +38,7 @@ def resolve_api_key(key_file: Path | None = None, environ: dict | None = None) -
     key = read_key_file(key_file)
     if key:
         return key
-    raise KeyMissingError(HOW_TO_SET)
+    raise KeyMissingError(how_to_set(key_file))
 
 
 def redact(text: str, *secrets: str | None) -> str:

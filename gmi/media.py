@@ -48,9 +48,6 @@ class VideoInfo:
     def has_audio(self) -> bool:
         return self.sample_rate is not None
 
-    def tensor_bytes(self, frames: int | None = None) -> int:
-        return (self.frame_count if frames is None else frames) * self.height * self.width * 3 * 4
-
 
 def ffmpeg_exe() -> str:
     import imageio_ffmpeg  # lazy: importing the pack must stay cheap

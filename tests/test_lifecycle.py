@@ -305,3 +305,9 @@ async def test_journal_of_an_older_version_keeps_its_takes(gmi, fake_time, tmp_p
         db.executemany("INSERT INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
     again = await run(gmi, fake_time, tmp_path)
     assert again.reused and again.path == first.path and len(gmi.post_bodies) == 1
+
+
+def test_missing_key_message_names_the_key_file(tmp_path):
+    with pytest.raises(KeyMissingError) as err:
+        resolve_api_key(tmp_path / "gmi_cloud" / "api_key", environ={})
+    assert str(tmp_path / "gmi_cloud" / "api_key") in str(err.value) and "\n" not in str(err.value)
