@@ -131,7 +131,11 @@ class Journal:
                     "rehearsal": "INTEGER NOT NULL DEFAULT 0"}
 
     def _prepare(self, db: sqlite3.Connection) -> None:
-        with db:
+        """Make the file a WAL journal with today's table. Several runners (a batch's takes, two prompts, the CLI
+        beside ComfyUI) may do this at the same moment on a file that does not exist yet."""
+        self._use_wal(db)
+        db.execute("BEGIN IMMEDIATE")  # one preparer at a time: the others wait on SQLite's busy timeout
+        try:
             db.execute("""CREATE TABLE IF NOT EXISTS jobs (
                 key TEXT PRIMARY KEY, model_id TEXT NOT NULL, payload TEXT NOT NULL, take INTEGER NOT NULL,
                 state TEXT NOT NULL, request_id TEXT, media_url TEXT, path TEXT, error TEXT,
@@ -143,20 +147,41 @@ class Journal:
             for column, kind in self._ADDED_LATER.items():
                 if column not in have:
                     db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    def _use_wal(db: sqlite3.Connection, patience_s: float = 30.0) -> None:
+        """WAL lets the pollers read while one writes; the mode is stored in the file, so this is once per file.
+        Switching answers "database is locked" at once (SQLite's busy timeout does not cover it) while another
+        connection is creating the same file: wait for that one, a few milliseconds, instead of failing the run."""
+        give_up, pause = time.monotonic() + patience_s, 0.002
+        while True:
+            try:
+                if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > give_up:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")  # a recorded request id must survive a power cut
-        with self._ready_lock:
-            if not self._ready:
-                try:
+        try:
+            db.execute("PRAGMA synchronous=FULL")  # a recorded request id must survive a power cut
+            with self._ready_lock:
+                if not self._ready:
                     self._prepare(db)
-                except BaseException:
-                    db.close()
-                    raise
-                self._ready = True
+                    self._ready = True
+        except BaseException:
+            db.close()
+            raise
         return db
 
     def _row_to_job(self, row: tuple | None) -> Job | None:

@@ -291,3 +291,21 @@ async def test_key_appears_in_no_artefact_of_runs_good_and_bad(gmi, fake_time, t
     assert not [t for t in texts if gmi.key in t]
     assert not [p for p in files if key in p.read_bytes()]
     assert all("Authorization" not in h for _, h in gmi.media_requests)
+
+
+# --- the journal ---------------------------------------------------------------------------------------------------
+
+def test_a_new_journal_opened_by_several_runners_at_once_works_for_all(tmp_path):
+    """A batch's takes, two prompts, or the CLI beside ComfyUI may all open a journal that does not exist yet."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    def first_use(path, start: threading.Barrier) -> list:
+        journal = Journal(path)  # each runner has its own Journal object, as in the CLI's batch
+        start.wait()
+        return journal.all()
+
+    for attempt in range(20):  # the race is narrow: one attempt alone passed about half the time before the fix
+        path, start = tmp_path / f"home{attempt}" / "jobs.sqlite3", threading.Barrier(4)
+        with ThreadPoolExecutor(4) as pool:
+            assert [f.result() for f in [pool.submit(first_use, path, start) for _ in range(4)]] == [[]] * 4
