@@ -1,11 +1,12 @@
 """Decode a clip exactly as the nodes do and print wall time, peak memory and the ratio to ffmpeg's own decode.
 
-    python bench/decode.py CLIP [--max-frames N] [--every-nth K] [--max-side S] [--repeat R] [--compare]
+    python bench/decode.py CLIP [--max-frames N] [--every-nth K] [--max-side S] [--repeat R] [--compare] [--floor]
     python bench/decode.py --make DIR     # writes the reference clips (720p 5 s and 15 s, 1080x1920 10 s)
 
 Each measurement runs in a fresh process (memory reused inside one process would flatter the figures), interleaved
 with ffmpeg's `-f rawvideo -pix_fmt rgb24 - >/dev/null` on the same clip. Wall time counts from opening the file to
 IMAGE and AUDIO ready (imports excluded). Peak RSS is the process's high-water mark less what it held after imports.
+--floor also times making a fresh tensor of the same size present and nothing else: no decode can beat that.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from packimport import load_pack  # noqa: E402
 
 load_pack()
 
-from gmi_video_pack.gmi.media import DecodeOptions, decode_clip, ffmpeg_exe, probe  # noqa: E402
+from gmi_video_pack.gmi.media import DecodeOptions, _prefault, decode_clip, ffmpeg_exe, plan_frames, probe  # noqa: E402
 
 REFERENCE_CLIPS = {"720p_5s.mp4": ("1280x720", 5), "720p_15s.mp4": ("1280x720", 15),
                    "1080x1920_10s.mp4": ("1080x1920", 10)}
@@ -73,13 +74,27 @@ def decode_naive(path: Path, options: DecodeOptions):
     return images, {"waveform": torch.from_numpy(wave).unsqueeze(0), "sample_rate": rate}
 
 
-def measure_once(path: Path, options: DecodeOptions, naive: bool) -> dict:
+def touch_only(path: Path, options: DecodeOptions):
+    """Only the fresh memory: a tensor of the decode's shape made present the way the decoder does it."""
+    import threading
+
+    import torch
+
+    images = torch.empty(plan_frames(probe(path), options).shape, dtype=torch.float32)
+    _prefault(images.numpy(), threading.Event())
+    return images, {"waveform": torch.zeros(1, 1, 0), "sample_rate": 0}
+
+
+KINDS = {"node": decode_like_the_node, "naive": decode_naive, "floor": touch_only}
+
+
+def measure_once(path: Path, options: DecodeOptions, kind: str) -> dict:
     import torch  # noqa: F401 - imports are part of the baseline, not of the decode
 
     reset_peak()
     base = rss_bytes("VmRSS")
     start = time.perf_counter()
-    images, audio = (decode_naive if naive else decode_like_the_node)(path, options)
+    images, audio = KINDS[kind](path, options)
     wall = time.perf_counter() - start
     peak = rss_bytes("VmHWM") - base
     tensor = images.numel() * images.element_size()
@@ -116,7 +131,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="fresh-process runs of each (default 3)")
     parser.add_argument("--compare", action="store_true", help="also run the naive list-and-stack decode")
     parser.add_argument("--make", type=Path, metavar="DIR", help="write the reference clips into DIR and stop")
-    parser.add_argument("--one", choices=["node", "naive"], help=argparse.SUPPRESS)
+    parser.add_argument("--floor", action="store_true",
+                        help="also time making a fresh tensor of the same size present, and nothing else")
+    parser.add_argument("--one", choices=list(KINDS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.make:
         make_clips(args.make)
@@ -125,9 +142,9 @@ def main() -> None:
         parser.error("give a CLIP (or --make DIR)")
     options = DecodeOptions(max_frames=args.max_frames, every_nth=args.every_nth, max_side=args.max_side)
     if args.one:
-        print(json.dumps(measure_once(args.clip, options, args.one == "naive")))
+        print(json.dumps(measure_once(args.clip, options, args.one)))
         return
-    kinds = ["node"] + (["naive"] if args.compare else [])
+    kinds = ["node"] + (["naive"] if args.compare else []) + (["floor"] if args.floor else [])
     runs: dict[str, list[dict]] = {k: [] for k in kinds}
     baseline = []
     child = [sys.executable, __file__, str(args.clip), "--max-frames", str(args.max_frames), "--every-nth",
