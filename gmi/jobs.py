@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import re
 import sqlite3
 import threading
@@ -259,6 +260,64 @@ async def holding(key: str) -> AsyncIterator[None]:
         Waiters.wake(woken)
 
 
+# The same take across processes: two ComfyUI servers on one user folder, or the CLI pointed at ComfyUI's journal.
+# One byte per take is locked in a file beside the journal. The descriptor stays open for the life of the process:
+# POSIX record locks belong to the process, and closing any descriptor of the file would drop all of them. The OS
+# drops them too when the process dies, so a crash never leaves a take locked.
+_lock_files: dict[str, int] = {}
+_lock_files_guard = threading.Lock()
+
+
+def _lock_file(path: Path) -> int:
+    with _lock_files_guard:
+        fd = _lock_files.get(str(path))
+        if fd is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = _lock_files[str(path)] = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        return fd
+
+
+def _take_byte(key: str) -> int:
+    return int(hashlib.sha256(key.encode()).hexdigest()[:15], 16)  # 60 bits: two takes never share a byte
+
+
+def _try_lock_take(path: Path, key: str) -> bool:
+    try:
+        import fcntl
+    except ImportError:  # Windows: no cross-process guard (the in-process one still holds)
+        return True
+    try:
+        fcntl.lockf(_lock_file(path), fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _take_byte(key))
+    except (BlockingIOError, PermissionError):
+        return False
+    return True
+
+
+def _unlock_take(path: Path, key: str) -> None:
+    try:
+        import fcntl
+    except ImportError:
+        return
+    fcntl.lockf(_lock_file(path), fcntl.LOCK_UN, 1, _take_byte(key))
+
+
+@asynccontextmanager
+async def holding_across_processes(path: Path, key: str, sleep: Sleep, retry_s: float,
+                                   on_wait: Callable[[], None]) -> AsyncIterator[None]:
+    """Exclusive hold of one take among processes sharing a journal; the second waits (cancellable), then finds
+    the first's result in the journal. Take ``holding`` first: within one process the lock is shared."""
+    waited = False
+    while not _try_lock_take(path, key):
+        if not waited:
+            waited = True
+            on_wait()
+        await sleep(retry_s)
+    try:
+        yield
+    finally:
+        _unlock_take(path, key)
+
+
 class SpendCap:
     """What new submits of this process may cost in all (USD), if the user set a cap. Reusing or re-attaching
     costs nothing and never counts. Thread-safe: ComfyUI runs each prompt on a new event loop."""
@@ -337,6 +396,19 @@ class JobRunner:
         self.budget = budget
         self.governor = governor
 
+    TAKE_LOCK_RETRY_S = 0.5  # how often a run waiting on another process's run of the same take looks again
+
+    @asynccontextmanager
+    async def _hold(self, key: str) -> AsyncIterator[None]:
+        """This take, exclusively: against other runs in this process, then against other processes."""
+        def waiting() -> None:
+            self.on_progress(Progress("submitting", "waiting: another program (the gmi command or another ComfyUI) "
+                                                    "is running this same take; its video will be reused", 0.0))
+
+        async with holding(key), holding_across_processes(self.journal.path.with_suffix(".lock"), key, self.sleep,
+                                                          self.TAKE_LOCK_RETRY_S, waiting):
+            yield
+
     @asynccontextmanager
     async def _remote(self) -> AsyncIterator[GMIClient]:
         """A job's remote part: one of the governor's places (when there is one), and a client session."""
@@ -366,7 +438,7 @@ class JobRunner:
         talks to the free stand-in (gmi.rehearsal), and the journal keeps the result apart from real takes."""
         key = job_key(spec.model_id, payload, take, rehearse)
         deadline = self.clock() + timeout_s
-        async with holding(key):
+        async with self._hold(key):
             job = await asyncio.to_thread(self.journal.get, key)
             if (reused := self._saved(job)) is not None:
                 return reused
@@ -388,7 +460,7 @@ class JobRunner:
         deadline = self.clock() + timeout_s
         known = await asyncio.to_thread(self.journal.find_request, request_id)
         key = known.key if known is not None else f"request:{request_id}"
-        async with holding(key):
+        async with self._hold(key):
             job = await asyncio.to_thread(self.journal.get, key) if known is not None else None
             if (reused := self._saved(job)) is not None:
                 return reused

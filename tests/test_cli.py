@@ -65,6 +65,33 @@ async def test_rehearsal_needs_no_key_and_is_never_reused_for_the_real_take(gmi,
     assert code == 0 and len(gmi.post_bodies) == 1
 
 
+async def test_two_processes_running_the_same_take_pay_once(gmi, tmp_path):
+    """Two runs of one take in two programs sharing a journal (two terminals, or the CLI on ComfyUI's journal)."""
+    released = asyncio.Event()
+
+    async def hold_the_submit(request):
+        await released.wait()  # the first program's POST is in flight until the second has had its chance
+
+    gmi.faults["post"].append(hold_the_submit)
+    gmi.finish_on_post = True
+    args = ["-m", "gmi", "generate", "--prompt", "a fox", "--duration", "3", "--out", str(tmp_path / "out")]
+    env = environment(gmi, tmp_path)
+    pipes = {"cwd": ROOT, "env": env, "stdout": asyncio.subprocess.PIPE, "stderr": asyncio.subprocess.PIPE}
+    first = await asyncio.create_subprocess_exec(sys.executable, *args, **pipes)
+    while not gmi.post_bodies:
+        await asyncio.sleep(0.02)
+    second = await asyncio.create_subprocess_exec(sys.executable, *args, **pipes)
+    said = b""
+    while b"waiting" not in said and (line := await second.stderr.readline()):
+        said += line
+    released.set()
+    (out1, err1), (out2, err2) = await asyncio.gather(first.communicate(), second.communicate())
+    assert b"another program" in said and first.returncode == 0 and second.returncode == 0, (err1 + said + err2).decode()
+    assert len(gmi.post_bodies) == 1
+    saved, reused = out1.decode().strip().splitlines()[-1], out2.decode().strip().splitlines()[-1]
+    assert saved.startswith("saved ") and reused == "reused " + saved.split(" ", 1)[1]
+
+
 def write_batch(path: Path, prompts: list[str]) -> Path:
     path.write_text("\n".join(json.dumps({"prompt": p, "duration": 3, "aspect_ratio": "1:1", "sound": False,
                                           "name": f"job{i}"}) for i, p in enumerate(prompts)) + "\n")
