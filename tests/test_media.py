@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,10 +26,17 @@ def decode(path):
     return info, out[:count]
 
 
+def decode_as_the_node(path):
+    """decode_clip, as the nodes call it."""
+    clip = decode_clip(path, audio=False)
+    return clip.info, clip.frames
+
+
+@pytest.mark.parametrize("how", [decode, decode_as_the_node])
 @pytest.mark.parametrize("aspect", list(CLIP_SIZES))
-def test_frames_match_ffmpeg_bit_for_bit_for_each_aspect(clips, aspect):
+def test_frames_match_ffmpeg_bit_for_bit_for_each_aspect(clips, aspect, how):
     width, height = CLIP_SIZES[aspect]
-    info, frames = decode(clips[(aspect, True)])
+    info, frames = how(clips[(aspect, True)])
     assert (info.width, info.height, info.fps) == (width, height, CLIP_FPS)
     assert frames.shape == (CLIP_SECONDS * CLIP_FPS, height, width, 3) and frames.dtype == np.float32
     assert 0.0 <= frames.min() and frames.max() <= 1.0
@@ -65,6 +73,23 @@ def test_corrupt_file_raises_a_clear_error(tmp_path, clips):
     broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 1000)
     with pytest.raises(MediaError, match="broken.mp4"):
         probe(broken)
+    with pytest.raises(MediaError, match="broken.mp4"):
+        decode_clip(broken)
+    assert child_processes() == []  # no ffmpeg left running or unreaped
+
+
+def child_processes() -> list[str]:
+    import os
+
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid():
+            found.append(stat.parent.name)
+    return found
 
 
 def test_cut_off_file_raises_or_gives_fewer_frames_never_garbage(tmp_path, clips):
