@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import sqlite3
+import statistics
 import threading
 import time
 from contextlib import asynccontextmanager, closing
@@ -350,12 +351,10 @@ def expected_seconds(journal: Journal, spec: ModelSpec, payload: dict) -> tuple[
     """How long a job like this usually takes at GMI: the median of this machine's finished jobs of the same model,
     duration and sound; the catalogue's default before there are any. Returns (seconds, learned)."""
     group = spec.timing_group(payload)
-    seen = sorted(seconds for past, seconds in journal.run_seconds(spec.model_id)
-                  if spec.timing_group(past) == group)[:50]
+    seen = [seconds for past, seconds in journal.run_seconds(spec.model_id) if spec.timing_group(past) == group]
     if not seen:
         return spec.default_eta(payload), False
-    middle = len(seen) // 2
-    return (seen[middle] if len(seen) % 2 else (seen[middle - 1] + seen[middle]) / 2), True
+    return statistics.median(seen[:50]), True  # the newest 50: GMI's speed changes over time
 
 
 def describe_wait(stage: str, elapsed: float, eta: float | None) -> tuple[str, float | None]:

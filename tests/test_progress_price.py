@@ -6,7 +6,7 @@ import logging
 import pytest
 
 from gmi_video_pack.gmi.errors import HTTPError, SpendCapError
-from gmi_video_pack.gmi.jobs import SpendCap, describe_wait
+from gmi_video_pack.gmi.jobs import Job, JobState, Journal, SpendCap, describe_wait, expected_seconds
 from gmi_video_pack.gmi.models import KLING_V3_T2V, parse_gmi_price
 from test_lifecycle import payload, run
 
@@ -36,6 +36,15 @@ async def test_eta_is_learned_from_finished_jobs_of_the_same_duration_and_sound(
     assert any("taking longer than usual (usually about 27s)" in t for t in waiting)
     fractions = [e.fraction for e in events if e.stage == "processing" and e.fraction is not None]
     assert fractions == sorted(fractions) and max(fractions) <= 0.95
+
+
+def test_eta_follows_the_newest_jobs_when_gmi_has_slowed_down(tmp_path):
+    journal = Journal(tmp_path / "jobs.sqlite3")
+    for n in range(110):  # 60 older jobs of 10 s, then 50 newer ones of 100 s
+        seconds = 10.0 if n < 60 else 100.0
+        journal.record(Job(key=f"k{n}", model_id=KLING_V3_T2V.model_id, payload=payload(), take=n,
+                           state=JobState.SAVED, submit_started_at=1000.0 * n, finished_at=1000.0 * n + seconds))
+    assert expected_seconds(journal, KLING_V3_T2V, payload()) == (100.0, True)
 
 
 def test_wait_text_past_the_eta_never_shows_a_stuck_bar():
