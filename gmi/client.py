@@ -1,28 +1,28 @@
-"""Async client for GMI's request queue: submit, status, download. Typed errors, bounded retries.
+"""Async client for GMI's request queue: submit, status, listing; the download is in gmi.download. Typed errors, bounded retries.
 
 The API key goes only to the API host, in the Authorization header of API calls; media URLs never see it.
 """
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 import os
 import random
 import time
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 import aiohttp
 
-from .errors import (AuthError, DownloadError, GMIError, HTTPError, InputError, RateLimitedError,
-                     SubmitUnknownError)
+from .download import fetch_video
+from .errors import AuthError, GMIError, HTTPError, RateLimitedError, SubmitUnknownError
 from .governor import Governor
 from .keys import redact
+# Re-exported: callers import the network policy from the client they use it with.
+from .net import Clock, Sleep, Timing, backoff_delay, check_url, is_loopback_host, parse_retry_after  # noqa: F401
 
 log = logging.getLogger("gmi")
 
@@ -30,23 +30,6 @@ QUEUE_PATH = "/api/v1/ie/requestqueue/apikey"
 TERMINAL = frozenset({"success", "failed", "cancelled"})
 VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".m4v")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif")
-CHUNK = 1 << 20
-
-Sleep = Callable[[float], Awaitable[None]]
-Clock = Callable[[], float]
-
-
-@dataclass(frozen=True)
-class Timing:
-    """Every wait the client makes; tests shrink them to milliseconds."""
-
-    submit_timeout: float = 180.0      # the POST can come back already finished, after tens of seconds
-    status_timeout: float = 30.0
-    download_read_timeout: float = 60.0
-    backoff_base: float = 2.0
-    backoff_cap: float = 60.0
-    status_retries: int = 8             # consecutive failed status reads before giving up (deadline still applies)
-    download_attempts: int = 4
 
 
 @dataclass(frozen=True)
@@ -111,50 +94,6 @@ def pick_video_url(outcome: dict | None) -> str | None:
         if suffix(url) in VIDEO_SUFFIXES:
             return url
     return next((u for u in candidates if suffix(u) not in IMAGE_SUFFIXES), None)
-
-
-def is_loopback_host(host: str | None) -> bool:
-    if not host:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def check_url(url: str, what: str) -> None:
-    """https only; plain http only to a loopback address (that is how tests serve)."""
-    parts = urlsplit(url)
-    if parts.scheme == "https" and parts.hostname:
-        return
-    if parts.scheme == "http" and is_loopback_host(parts.hostname):
-        return
-    raise InputError(f"{what}: {url!r} is not an https URL; only https is accepted (http only on this machine's loopback).")
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when - (time.time() if now is None else now))
-
-
-def backoff_delay(attempt: int, timing: Timing, retry_after: float | None, rng: random.Random) -> float:
-    """Exponential backoff with full jitter; Retry-After, when GMI sends one, is a floor."""
-    delay = rng.uniform(0.5, 1.0) * min(timing.backoff_cap, timing.backoff_base * (2 ** attempt))
-    if retry_after is not None:
-        delay = max(delay, retry_after)
-    return delay
 
 
 class GMIClient:
@@ -334,104 +273,7 @@ class GMIClient:
 
     async def download(self, url: str, dest: Path, *, request_id: str,
                        on_progress: Callable[[int, int | None], None] | None = None) -> int:
-        """Stream ``url`` into ``dest`` atomically (temp file, byte count checked, rename). No credentials are sent.
-        A cut-off transfer resumes with a Range request where the server allows it. Returns the byte count."""
+        """Stream ``url`` into ``dest`` atomically, without credentials (see gmi.download)."""
         assert self._session is not None, "use the client inside 'async with'"
-        check_url(url, "media URL")
-        dest = Path(dest)
-        await asyncio.to_thread(dest.parent.mkdir, parents=True, exist_ok=True)
-        part = dest.with_name(f".{dest.name}.{os.getpid()}.{self.rng.randrange(1 << 30):x}.part")
-        transfer = _Transfer(await asyncio.to_thread(open, part, "wb"))
-        try:
-            for attempt in range(self.timing.download_attempts):
-                try:
-                    await self._fetch_into(url, transfer, request_id, on_progress)
-                except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
-                    log.info("download of %s cut off at %d bytes (%s); retrying", request_id, transfer.written,
-                             type(exc).__name__)
-                if transfer.complete:
-                    break
-                await self.sleep(backoff_delay(attempt, self.timing, None, self.rng))
-            else:
-                raise DownloadError(f"The video of request {request_id} could not be downloaded whole "
-                                    f"({transfer.written} of {transfer.total if transfer.total is not None else '?'} "
-                                    f"bytes after {self.timing.download_attempts} tries). Queue again to retry.")
-            await asyncio.to_thread(_flush_and_sync, transfer.fh)
-            transfer.fh.close()
-            await asyncio.to_thread(os.replace, part, dest)
-            return transfer.written
-        finally:
-            transfer.fh.close()
-            await asyncio.to_thread(_unlink_quietly, part)
-
-    async def _fetch_into(self, url: str, transfer: "_Transfer", request_id: str,
-                          on_progress: Callable[[int, int | None], None] | None) -> None:
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=self.timing.download_read_timeout)
-        headers = {"Range": f"bytes={transfer.written}-"} if transfer.written else {}
-        # A plain request with no Authorization header: media hosts must never see the key.
-        async with self._session.get(url, headers=headers, timeout=timeout, allow_redirects=True) as resp:
-            if resp.status in (403, 404, 410):
-                raise DownloadError(f"The video of request {request_id} is gone from the media host (HTTP "
-                                    f"{resp.status}). It may have expired; collect the request again for a fresh link.")
-            if resp.status >= 400:
-                raise aiohttp.ClientConnectionError(f"media host answered HTTP {resp.status}")
-            if resp.status == 206:
-                crange = resp.headers.get("Content-Range", "")
-                start = int(crange.split()[1].split("-")[0]) if crange.startswith("bytes ") else -1
-                if start != transfer.written:
-                    raise aiohttp.ClientConnectionError(f"media host resumed at the wrong place ({crange})")
-                total = crange.rsplit("/", 1)[1]
-                transfer.total = int(total) if total.isdigit() else transfer.total
-            else:
-                await asyncio.to_thread(transfer.restart)  # no resume offered: start over
-                transfer.total = resp.content_length
-            pending = bytearray()  # gathered to ~1 MiB per disk write; bounded whatever the file's size
-
-            async def flush() -> None:
-                await asyncio.to_thread(transfer.fh.write, bytes(pending))
-                transfer.written += len(pending)
-                pending.clear()
-                if on_progress is not None:
-                    on_progress(transfer.written, transfer.total)
-
-            try:
-                async for data in resp.content.iter_any():
-                    pending += data
-                    if len(pending) >= CHUNK:
-                        await flush()
-            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError):
-                await flush()  # keep every byte that arrived: the retry resumes after them
-                raise
-            await flush()
-            if transfer.total is None:
-                transfer.total = transfer.written  # no length announced: the transfer ended cleanly, take what came
-
-
-@dataclass
-class _Transfer:
-    """A download in progress: the open temporary file, bytes in it, bytes expected."""
-
-    fh: Any
-    written: int = 0
-    total: int | None = None
-
-    @property
-    def complete(self) -> bool:
-        return self.total is not None and self.written == self.total
-
-    def restart(self) -> None:
-        self.fh.seek(0)
-        self.fh.truncate()
-        self.written = 0
-
-
-def _flush_and_sync(fh) -> None:
-    fh.flush()
-    os.fsync(fh.fileno())
-
-
-def _unlink_quietly(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+        return await fetch_video(self._session, url, dest, request_id=request_id, timing=self.timing,
+                                 sleep=self.sleep, rng=self.rng, on_progress=on_progress)

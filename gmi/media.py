@@ -96,6 +96,15 @@ def probe(path: Path) -> VideoInfo:
     return VideoInfo(width, height, fps, frame_count, duration, sample_rate, channels)
 
 
+def verify_video(path: Path) -> None:
+    """Raises MediaError unless ``path`` is a whole video: every packet of every stream demuxes without error (a
+    page of HTML, or a file cut short, fails here). Demuxing only, no decoding: well under a second for 15 s of 720p."""
+    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-xerror", "-i", str(path), "-map", "0", "-c",
+                           "copy", "-f", "null", "-"], capture_output=True, text=True, errors="replace")
+    if proc.returncode != 0 or not re.search(r"Stream #0:\d+.*?: Video: ", proc.stderr):
+        raise MediaError(f"{Path(path).name} is not a whole video ({_last_lines(proc.stderr)})")
+
+
 @dataclass(frozen=True)
 class DecodeOptions:
     """What of the video to decode: ``max_frames`` 0 = all, ``every_nth`` 1 = every frame, ``max_side`` 0 = native
