@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from .errors import InputError, KeyMissingError
 
 ENV_VAR = "GMI_API_KEY"
 KEY_FILE_NAME = "api_key"
-
+REDACTED = "[redacted]"
+SECRET_PREFIX = 8  # a run this long of a key's first characters (an error echoing the key cut short) is the key
 
 
 def how_to_set(key_file: Path | None) -> str:
@@ -22,7 +24,7 @@ def read_key_file(path: Path | None) -> str | None:
     if path is None:
         return None
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")  # a BOM from a Windows editor is not part of the key
     except (FileNotFoundError, NotADirectoryError, PermissionError, UnicodeDecodeError):
         return None
     key = text.strip().splitlines()[0].strip() if text.strip() else ""
@@ -34,18 +36,43 @@ def resolve_api_key(key_file: Path | None = None, environ: dict | None = None) -
     env = os.environ if environ is None else environ
     key = (env.get(ENV_VAR) or "").strip()
     if key:
-        return key
+        return _sendable(key, f"the {ENV_VAR} environment variable")
     key = read_key_file(key_file)
     if key:
-        return key
+        return _sendable(key, str(key_file))
     raise KeyMissingError(how_to_set(key_file))
 
 
+def _sendable(key: str, where: str) -> str:
+    """``key``, or InputError naming ``where`` it came from: a key that cannot go into an HTTP header is refused here,
+    before a request starts, not inside the POST where the outcome would look lost."""
+    if "\n" in key or "\r" in key:
+        kind = "a line break"
+    elif any(ch.isspace() for ch in key):
+        kind = "a space"
+    elif not key.isprintable():
+        kind = "an invisible character"
+    else:
+        return key
+    raise InputError(f"The API key in {where} contains {kind}: set it again to the key alone, copied from GMI Cloud's "
+                     "console.")
+
+
 def redact(text: str, *secrets: str | None) -> str:
-    """``text`` with every occurrence of each secret replaced by a short marker."""
+    """``text`` with every occurrence of each secret, and of any run of its first 8 or more characters, replaced by a
+    short marker."""
     for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "[redacted]")
+        if not secret or len(secret) < 4:
+            continue
+        text = text.replace(secret, REDACTED)
+        head, parts, start = secret[:SECRET_PREFIX], [], 0
+        while (found := text.find(head, start)) >= 0:
+            end = found + len(head)
+            while end - found < len(secret) and end < len(text) and text[end] == secret[end - found]:
+                end += 1
+            parts += [text[start:found], REDACTED]
+            start = end
+        text = "".join(parts) + text[start:]
     return text
 
 
@@ -68,8 +95,9 @@ def store_key(path: Path, text: object) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(path.parent, 0o700)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # A new file of its own (O_EXCL, 0600): opening a fixed name would reuse a stale temp file and keep its mode.
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    temp = Path(name)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(key + "\n")

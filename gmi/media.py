@@ -6,14 +6,17 @@ core while Python converts on the other, and nothing the size of the clip is eve
 from __future__ import annotations
 
 import ctypes
+import os
 import queue
 import re
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,6 +32,7 @@ PIPE_BYTES = 1 << 20
 PAGE = 4096
 PREFAULT_STEP = 8 << 20   # small: populating holds the address space's lock, and 64 MiB at once stalled the converter
 MADV_POPULATE_WRITE = 23  # Linux 5.14+; older kernels ignore it and the converter faults pages in itself
+PR_SET_PDEATHSIG = 1
 LAYOUT_CHANNELS = {"mono": 1, "stereo": 2, "2.1": 3, "3.0": 3, "3.0(back)": 3, "quad": 4, "4.0": 4, "quad(side)": 4,
                    "3.1": 4, "4.1": 5, "5.0": 5, "5.0(side)": 5, "5.1": 6, "5.1(side)": 6, "6.0": 6, "6.1": 7,
                    "7.0": 7, "7.1": 8, "7.1(wide)": 8, "octagonal": 8, "downmix": 2}
@@ -55,8 +59,50 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
+def child_environ() -> dict[str, str]:
+    """This process's environment without the pack's own variables (GMI_API_KEY above all)."""
+    return {name: value for name, value in os.environ.items() if not name.startswith("GMI_")}
+
+
+_prctl = None  # libc's prctl, looked up in the parent: between fork and exec the child should do almost nothing
+
+
+def _die_with_parent(parent: int) -> None:
+    # Runs in the child between fork and exec. The signal follows the thread that spawned the child, not the process:
+    # that is safe here because every spawning thread waits on its child for the child's whole life.
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)  # the parent died before the signal was armed
+
+
+def start_child(cmd: list[str], **popen: Any) -> subprocess.Popen:
+    """Every process the pack starts starts here: it gets no GMI_ variables, and on Linux dies if the pack dies."""
+    global _prctl
+    preexec = None
+    if sys.platform.startswith("linux"):
+        if _prctl is None:
+            _prctl = ctypes.CDLL(None, use_errno=True).prctl
+        preexec = partial(_die_with_parent, os.getpid())
+    return subprocess.Popen(cmd, env=child_environ(), preexec_fn=preexec, **popen)
+
+
+def run_child(cmd: list[str], *, check: bool = False, **popen: Any) -> subprocess.CompletedProcess:
+    """``subprocess.run(cmd, capture_output=True, ...)`` through start_child."""
+    with start_child(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen) as proc:
+        try:
+            out, err = proc.communicate()
+        except BaseException:
+            proc.kill()
+            raise
+    if check and proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd, out, err)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def _last_lines(text: str, n: int = 2) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    # ffmpeg's progress lines ("frame= ... size= ...") say nothing about what went wrong.
+    lines = [ln.strip() for ln in text.strip().splitlines()
+             if ln.strip() and not ln.lstrip().startswith(("frame=", "size="))]
     return " / ".join(lines[-n:]) or "no message"
 
 
@@ -65,8 +111,8 @@ def probe(path: Path) -> VideoInfo:
     path = Path(path)
     if not path.is_file():
         raise MediaError(f"Video file not found: {path}")
-    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path), "-map", "0:v:0", "-c", "copy",
-                           "-f", "null", "-"], capture_output=True, text=True, errors="replace")
+    proc = run_child([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path), "-map", "0:v:0", "-c", "copy",
+                      "-f", "null", "-"], text=True, errors="replace")
     err = proc.stderr
     video = re.search(r"Stream #0:\d+.*?: Video: .*?(\d{2,5})x(\d{2,5})", err)
     if proc.returncode != 0 or video is None:
@@ -99,8 +145,8 @@ def probe(path: Path) -> VideoInfo:
 def verify_video(path: Path) -> None:
     """Raises MediaError unless ``path`` is a whole video: every packet of every stream demuxes without error (a
     page of HTML, or a file cut short, fails here). Demuxing only, no decoding: well under a second for 15 s of 720p."""
-    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-xerror", "-i", str(path), "-map", "0", "-c",
-                           "copy", "-f", "null", "-"], capture_output=True, text=True, errors="replace")
+    proc = run_child([ffmpeg_exe(), "-hide_banner", "-nostdin", "-xerror", "-i", str(path), "-map", "0", "-c", "copy",
+                      "-f", "null", "-"], text=True, errors="replace")
     if proc.returncode != 0 or not re.search(r"Stream #0:\d+.*?: Video: ", proc.stderr):
         raise MediaError(f"{Path(path).name} is not a whole video ({_last_lines(proc.stderr)})")
 
@@ -247,7 +293,7 @@ def decode_frames(path: Path, info: VideoInfo, out: np.ndarray, *, options: Deco
         free.put(np.empty((per_chunk, h, w, 3), dtype=np.uint8))
     cmd = _video_cmd(path, info, replace(plan, count=n), options)
     with tempfile.TemporaryFile() as errfile:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errfile, bufsize=0)
+        proc = start_child(cmd, stdout=subprocess.PIPE, stderr=errfile, bufsize=0)
         _grow_pipe(proc.stdout)
 
         def drain() -> None:
@@ -330,7 +376,7 @@ def decode_audio(path: Path, info: VideoInfo) -> tuple[np.ndarray, int]:
         return np.zeros((SILENT_CHANNELS, samples), dtype=np.float32), SILENT_RATE
     cmd = [ffmpeg_exe(), "-v", "error", "-nostdin", "-i", str(path), "-map", "0:a:0", "-ac", str(info.channels),
            "-ar", str(info.sample_rate), "-f", "f32le", "-c:a", "pcm_f32le", "-"]
-    proc = subprocess.run(cmd, capture_output=True)
+    proc = run_child(cmd)
     if proc.returncode != 0:
         raise MediaError(f"Could not decode the audio of {Path(path).name}: "
                          f"{_last_lines(proc.stderr.decode('utf-8', 'replace'))}")

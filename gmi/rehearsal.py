@@ -16,12 +16,12 @@ from pathlib import Path
 from aiohttp import web
 
 from .client import QUEUE_PATH
-from .media import ffmpeg_exe
+from .media import ffmpeg_exe, run_child
 from .models import CATALOGUE, ModelSpec
 
 log = logging.getLogger("gmi")
 
-REHEARSAL_KEY = "rehearsal-no-key-needed"
+REHEARSAL_KEY = "free-stand-in-no-key-needed"  # shares no 8-character start with its ids (redaction)
 
 
 def render_clip(spec: ModelSpec, payload: dict, label: str, dest: Path) -> Path:
@@ -40,9 +40,9 @@ def render_clip(spec: ModelSpec, payload: dict, label: str, dest: Path) -> Path:
         tail = ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"] + tail + ["-c:a", "aac", "-ac", "2"]
     tail += ["-movflags", "+faststart", str(dest)]
     try:
-        subprocess.run(base + [pattern + text] + tail, check=True, capture_output=True)
+        run_child(base + [pattern + text] + tail, check=True)
     except subprocess.CalledProcessError:
-        subprocess.run(base + [pattern] + tail, check=True, capture_output=True)  # no fonts here: no words
+        run_child(base + [pattern] + tail, check=True)  # no fonts here: no words
     finally:
         card.unlink(missing_ok=True)
     return dest

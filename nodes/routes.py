@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 from aiohttp import web
+from yarl import URL
 
 from ..gmi.client import GMIClient
 from ..gmi.errors import GMIError, InputError
@@ -14,6 +15,30 @@ from ..gmi.keys import forget_key, key_status, resolve_api_key, store_key
 from ..gmi.models import CATALOGUE
 
 PREFIX = "/gmi_cloud"
+
+
+def _refusal(request: web.Request) -> web.Response | None:
+    """Why a request that changes or uses the key is refused, or None. Browsers send any page's POST with a text/plain
+    body without asking first, and send ``Origin`` with it: only ComfyUI's own page, with JSON, may go on."""
+    origin = request.headers.get("Origin")
+    if origin is not None and not _same_host(origin, request.headers.get("Host")):
+        return web.json_response({"error": "Refused: this request came from another site, not from ComfyUI's own page; "
+                                           "set the key in ComfyUI's settings opened at this server's address (behind "
+                                           "a proxy, pass the Host header on unchanged)."}, status=403)
+    if request.method == "POST" and request.content_type != "application/json":
+        return web.json_response({"error": "Refused: send the request as JSON (Content-Type: application/json), "
+                                           "as ComfyUI's settings panel does."}, status=415)
+    return None
+
+
+def _same_host(origin: str, host: str | None) -> bool:
+    """Whether ``origin`` names the host and port the browser addressed this server by (its ``Host`` header)."""
+    try:
+        page = URL(origin)
+        server = URL.build(scheme=page.scheme, authority=host or "")
+    except (ValueError, TypeError):
+        return False
+    return page.scheme in ("http", "https") and bool(page.host) and (page.host, page.port) == (server.host, server.port)
 
 
 def key_routes(key_file: Callable[[], Path], base_url: Callable[[], str]) -> web.RouteTableDef:
@@ -27,6 +52,8 @@ def key_routes(key_file: Callable[[], Path], base_url: Callable[[], str]) -> web
 
     @routes.post(PREFIX + "/key")
     async def save(request: web.Request) -> web.Response:
+        if refused := _refusal(request):
+            return refused
         try:
             body = await request.json()
         except ValueError:
@@ -39,6 +66,8 @@ def key_routes(key_file: Callable[[], Path], base_url: Callable[[], str]) -> web
 
     @routes.delete(PREFIX + "/key")
     async def forget(request: web.Request) -> web.Response:
+        if refused := _refusal(request):
+            return refused
         await asyncio.to_thread(forget_key, key_file())
         return web.json_response(await asyncio.to_thread(key_status, key_file()))
 
@@ -52,6 +81,8 @@ def key_routes(key_file: Callable[[], Path], base_url: Callable[[], str]) -> web
 
     @routes.post(PREFIX + "/key/test")
     async def test(request: web.Request) -> web.Response:
+        if refused := _refusal(request):
+            return refused
         try:
             key = await asyncio.to_thread(resolve_api_key, key_file())
             async with GMIClient(base_url(), key) as client:

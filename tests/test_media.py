@@ -1,7 +1,11 @@
 """Decoding real MP4s made by ffmpeg: frames exact against ffmpeg's own rgb24, audio shape and rate, silence."""
 from __future__ import annotations
 
+import os
+import select
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +14,7 @@ import pytest
 from conftest import CLIP_FPS, CLIP_SECONDS, CLIP_SIZES, make_clip
 from gmi_video_pack.gmi.errors import InputError, MediaError, MemoryShortError
 from gmi_video_pack.gmi.media import (DecodeOptions, check_memory, decode_audio, decode_clip, decode_frames, ffmpeg_exe,
-                                      plan_frames, probe)
+                                      plan_frames, probe, run_child, start_child)
 
 
 def ffmpeg_rgb24(path, width, height) -> np.ndarray:
@@ -181,3 +185,46 @@ def test_frames_land_in_a_torch_tensor_without_a_copy(clips):
 
     clip = decode_clip(clips[("16:9", True)], audio=False, alloc=alloc)
     assert clip.frames is made[0] and clip.frames.dtype == torch.float32 and float(clip.frames.max()) <= 1.0
+
+
+def test_ffmpeg_never_sees_the_api_key(monkeypatch):
+    monkeypatch.setenv("GMI_API_KEY", "gmi-key-that-must-stay-home")
+    monkeypatch.setenv("GMI_SPEND_CAP_USD", "5")
+    monkeypatch.setenv("PACK_TEST_KEPT", "1")
+    names = run_child([sys.executable, "-c", "import os; print(' '.join(os.environ))"], text=True).stdout.split()
+    assert "PACK_TEST_KEPT" in names and not [name for name in names if name.startswith("GMI_")]
+    if sys.platform.startswith("linux"):  # a real ffmpeg too: an endless source keeps it alive to be looked at
+        proc = start_child([ffmpeg_exe(), "-v", "error", "-nostdin", "-f", "lavfi", "-i", "anullsrc", "-f", "s16le",
+                            "-"], stdout=subprocess.PIPE)
+        try:
+            environ = Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
+        finally:
+            proc.kill()
+            proc.wait()
+            proc.stdout.close()
+        assert b"PACK_TEST_KEPT=1" in environ and not [v for v in environ if v.startswith(b"GMI_")]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux only")
+def test_ffmpeg_dies_when_comfyui_is_killed():
+    # A stand-in for ComfyUI starts a child as the pack does, then is killed outright: the child must not live on.
+    host = ("import sys; sys.path.insert(0, sys.argv[1]); from packimport import load_pack; load_pack(); "
+            "from gmi_video_pack.gmi.media import start_child; "
+            "child = start_child([sys.executable, '-c', 'import signal; signal.pause()']); "
+            "print(child.pid, flush=True); sys.stdin.read()")
+    comfy = subprocess.Popen([sys.executable, "-c", host, str(Path(__file__).parent)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    pid = int(comfy.stdout.readline())
+    exited = os.pidfd_open(pid)
+    try:
+        comfy.kill()
+        comfy.wait()
+        assert select.select([exited], [], [], 10)[0], "the child outlived its parent"
+    finally:
+        os.close(exited)
+        comfy.stdin.close()
+        comfy.stdout.close()
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

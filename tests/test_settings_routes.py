@@ -67,12 +67,12 @@ async def test_forget_removes_the_key(panel):
 async def test_test_button_checks_the_key_with_gmi(panel, gmi):
     client, key_file = panel
     await client.post("/gmi_cloud/key", json={"key": gmi.key})
-    assert await (await client.post("/gmi_cloud/key/test")).json() == {"ok": True}
+    assert await (await client.post("/gmi_cloud/key/test", json={})).json() == {"ok": True}
     await client.post("/gmi_cloud/key", json={"key": KEY})
-    result = await (await client.post("/gmi_cloud/key/test")).json()
+    result = await (await client.post("/gmi_cloud/key/test", json={})).json()
     assert result["ok"] is False and "HTTP 401" in result["error"] and KEY not in result["error"]
     await client.delete("/gmi_cloud/key")
-    result = await (await client.post("/gmi_cloud/key/test")).json()
+    result = await (await client.post("/gmi_cloud/key/test", json={})).json()
     assert result["ok"] is False and "GMI_API_KEY" in result["error"]
 
 
@@ -80,3 +80,37 @@ async def test_prices_route_gives_the_table_the_node_estimates_from(panel):
     client, _ = panel
     table = await (await client.get("/gmi_cloud/prices")).json()
     assert table["kling-v3-text-to-video"]["per_second"] == {"on": 0.252, "off": 0.168}
+
+
+@pytest.mark.parametrize("method,path", [("POST", "/gmi_cloud/key"), ("DELETE", "/gmi_cloud/key"),
+                                         ("POST", "/gmi_cloud/key/test")])
+async def test_another_site_cannot_set_forget_or_test_the_key(panel, method, path):
+    client, key_file = panel
+    await client.post("/gmi_cloud/key", json={"key": KEY})
+    for origin in ("http://evil.example", f"http://127.0.0.1:{client.port + 1}", "null"):
+        resp = await client.request(method, path, json={"key": "gmi-" + "a" * 28 + "evil"},
+                                    headers={"Origin": origin})
+        body = await resp.json()
+        assert resp.status == 403 and "\n" not in body["error"] and "ComfyUI" in body["error"]
+    assert key_file.read_text().strip() == KEY
+
+
+async def test_key_posted_as_plain_text_is_refused(panel):
+    # text/plain is what a page on another site can send without asking the browser first
+    client, key_file = panel
+    for path in ("/gmi_cloud/key", "/gmi_cloud/key/test"):
+        resp = await client.post(path, data='{"key": "%s"}' % KEY, headers={"Content-Type": "text/plain"})
+        body = await resp.json()
+        assert resp.status == 415 and "application/json" in body["error"] and "\n" not in body["error"]
+    assert not key_file.exists()
+
+
+async def test_comfyui_own_page_still_sets_and_reads_the_key(panel):
+    client, key_file = panel
+    own = {"Origin": f"http://127.0.0.1:{client.port}"}
+    resp = await client.post("/gmi_cloud/key", json={"key": KEY}, headers=own)
+    assert resp.status == 200 and key_file.read_text().strip() == KEY
+    other = {"Origin": "http://evil.example"}
+    assert (await (await client.get("/gmi_cloud/key", headers=other)).json())["last4"] == "abcd"
+    assert (await client.get("/gmi_cloud/prices", headers=other)).status == 200
+    assert (await client.delete("/gmi_cloud/key", headers=own)).status == 200 and not key_file.exists()
