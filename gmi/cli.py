@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import wave
@@ -16,10 +17,11 @@ import numpy as np
 
 from . import connect
 from .errors import GMIError, InputError, KeyMissingError
-from .jobs import Journal, JobState, Progress, percent_done
+from .jobs import Journal, JobState
 from .keys import KEY_FILE_NAME
-from .media import decode_audio, ffmpeg_exe, probe
+from .media import decode_audio, ffmpeg_exe, probe, run_child
 from .models import KLING_V3_T2V, check_take, check_timeout_minutes
+from .progress import Progress, percent_done
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 HOME = Path(os.environ.get("GMI_HOME", Path.home() / ".gmi_cloud"))
@@ -102,8 +104,8 @@ def write_extras(args, video: Path) -> list[Path]:
     if getattr(args, "png", False):
         folder = video.with_name(video.stem + "_frames")
         folder.mkdir(exist_ok=True)
-        subprocess.run([ffmpeg_exe(), "-v", "error", "-y", "-i", str(video), "-fps_mode", "passthrough",
-                        str(folder / "%05d.png")], check=True)
+        run_child([ffmpeg_exe(), "-v", "error", "-y", "-i", str(video), "-fps_mode", "passthrough",
+                   str(folder / "%05d.png")], check=True)
         made.append(folder)
     return made
 
@@ -160,9 +162,10 @@ async def cmd_batch(args) -> int:
                 result = await run_take(args, take, printer)
                 await asyncio.to_thread(write_extras, args, result.path)
                 rows[take.name] = ("reused" if result.reused else "done", result.request_id, str(result.path))
-            except GMIError as exc:
-                print(f"[{take.name}] failed: {exc}", file=sys.stderr, flush=True)
-                rows[take.name] = ("failed", printer.request_id or "-", str(exc))
+            except Exception as exc:  # noqa: BLE001  one take's fault (even an OSError) must not sink the batch
+                text = one_line(exc)
+                print(f"[{take.name}] failed: {text}", file=sys.stderr, flush=True)
+                rows[take.name] = ("failed", printer.request_id or "-", text)
 
     await asyncio.gather(*(one(t) for t in takes))
     width = max(len(t.name) for t in takes)
@@ -233,15 +236,35 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {"generate": cmd_generate, "batch": cmd_batch, "collect": cmd_collect, "jobs": cmd_jobs}
 
 
+def one_line(exc: BaseException) -> str:
+    """An error as the one line a user reads: the pack's own message, or what the OS said and about which file."""
+    if isinstance(exc, GMIError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror or type(exc).__name__}{where}"
+    if isinstance(exc, subprocess.CalledProcessError):
+        return f"ffmpeg failed (exit {exc.returncode}) writing the extras"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _stop_on_term(signum, frame) -> None:
+    # A kill (SIGTERM, a closed terminal) ends like Ctrl-C: cleanups run, ffmpeg children are stopped.
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), _stop_on_term)
     try:
         return asyncio.run(COMMANDS[args.command](args))
     except (InputError, KeyMissingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except GMIError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (GMIError, OSError, subprocess.CalledProcessError) as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted: started jobs are kept in the journal; run the same command again to collect them",

@@ -13,12 +13,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 
 from .download import fetch_video
-from .errors import AuthError, GMIError, HTTPError, RateLimitedError, SubmitUnknownError
+from .errors import AuthError, GMIError, HTTPError, InputError, RateLimitedError, SubmitUnknownError
 from .governor import Governor
 from .keys import redact
 # Re-exported: callers import the network policy from the client they use it with.
@@ -28,8 +28,24 @@ log = logging.getLogger("gmi")
 
 QUEUE_PATH = "/api/v1/ie/requestqueue/apikey"
 TERMINAL = frozenset({"success", "failed", "cancelled"})
+RUNNING = frozenset({"created", "queued", "dispatched", "processing"})
+# Words a changed or older API might use for the same states (seen in other GMI models and queue APIs).
+SYNONYMS = {**dict.fromkeys(("succeeded", "successful", "completed", "complete", "done", "finished"), "success"),
+            **dict.fromkeys(("failure", "error", "errored"), "failed"),
+            **dict.fromkeys(("canceled", "aborted"), "cancelled"),
+            **dict.fromkeys(("pending", "waiting", "submitted", "scheduled"), "queued"),
+            **dict.fromkeys(("running", "in_progress", "in-progress", "started", "generating"), "processing")}
 VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".m4v")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif")
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One answer of GET /requests: the records it held, the ``total`` it claimed, records it could not read."""
+
+    jobs: list
+    total: int | None = None
+    unreadable: int = 0
 
 
 @dataclass(frozen=True)
@@ -44,6 +60,11 @@ class RemoteJob:
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
+
+    @property
+    def known(self) -> bool:
+        """False for a status word the pack cannot place (a changed API): running or done cannot be told."""
+        return self.status in TERMINAL or self.status in RUNNING
 
     def failure_reason(self) -> str:
         """GMI's own words for a failed or cancelled job, wherever the record keeps them."""
@@ -69,8 +90,9 @@ def parse_job(body: Any, *, request_id: str | None = None) -> RemoteJob:
     if not isinstance(status, str):
         raise ValueError("status record has no status")
     outcome = body.get("outcome")
-    return RemoteJob(request_id=rid, status=status.lower(), outcome=outcome if isinstance(outcome, dict) else None,
-                     raw=body)
+    word = status.strip().lower()
+    return RemoteJob(request_id=rid, status=SYNONYMS.get(word, word),
+                     outcome=outcome if isinstance(outcome, dict) else None, raw=body)
 
 
 def pick_video_url(outcome: dict | None) -> str | None:
@@ -93,7 +115,24 @@ def pick_video_url(outcome: dict | None) -> str | None:
     for url in candidates:
         if suffix(url) in VIDEO_SUFFIXES:
             return url
-    return next((u for u in candidates if suffix(u) not in IMAGE_SUFFIXES), None)
+    named = next((u for u in candidates if suffix(u) not in IMAGE_SUFFIXES), None)
+    if named is not None:
+        return named
+    # A shape we do not know (the API changed): a URL that names a video file, under any key, is the video.
+    return next((u for u in _strings(outcome) if u.startswith(("https://", "http://")) and u != thumb
+                 and suffix(u) in VIDEO_SUFFIXES), None)
+
+
+def _strings(value: Any, depth: int = 0):
+    """Every string inside a JSON value, depth-first (bounded: the value is GMI's)."""
+    if isinstance(value, str):
+        yield value
+    elif depth < 8 and isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item, depth + 1)
+    elif depth < 8 and isinstance(value, list):
+        for item in value:
+            yield from _strings(item, depth + 1)
 
 
 class GMIClient:
@@ -103,6 +142,10 @@ class GMIClient:
                  clock: Clock = time.monotonic, rng: random.Random | None = None, governor: Governor | None = None):
         base_url = base_url.rstrip("/")
         check_url(base_url, "GMI_BASE_URL")
+        if not api_key or any(ch.isspace() or not ch.isprintable() for ch in api_key):
+            # It could not go in a header: say so now, before a POST that would fail with the outcome unknown.
+            raise InputError("The GMI API key contains a line break, a space or an invisible character, so it cannot "
+                             "be sent; copy it again from GMI Cloud's console. Nothing was submitted.")
         self.api_root = base_url + QUEUE_PATH
         self._key = api_key
         self.timing = timing
@@ -142,6 +185,15 @@ class GMIClient:
     def _clean(self, text: str) -> str:
         return redact(text, self._key)
 
+    async def _json(self, resp: aiohttp.ClientResponse) -> Any:
+        """The body as JSON, redacted first: whatever GMI writes (a reason, an outcome) may echo the key, and it goes
+        on to the screen, the log and the journal."""
+        return json.loads(self._clean(await resp.text(errors="replace")))
+
+    def _requests_url(self, request_id: str) -> str:
+        # An id is one path segment, whatever it holds ('/', '..', '?'): it must never steer the authenticated GET.
+        return f"{self.api_root}/requests/{quote(request_id, safe='')}"
+
     async def _http_error(self, resp: aiohttp.ClientResponse, what: str, request_id: str | None) -> HTTPError:
         raw = await resp.text(errors="replace")
         try:
@@ -172,8 +224,13 @@ class GMIClient:
         await self._turn()
         try:
             async with self._session.post(f"{self.api_root}/requests", json={"model": model_id, "payload": payload},
-                                          headers=self._auth(),
+                                          headers=self._auth(), allow_redirects=False,
                                           timeout=aiohttp.ClientTimeout(total=self.timing.submit_timeout)) as resp:
+                if 300 <= resp.status < 400:
+                    # Following would re-send the prompt (and the key) elsewhere and adopt a stranger's id.
+                    raise HTTPError(f"GMI's address answered the submit with a redirect (HTTP {resp.status} to "
+                                    f"{resp.headers.get('Location', '?')[:120]}), which the pack does not follow; "
+                                    "nothing was submitted. Check GMI_BASE_URL.", status=resp.status)
                 if resp.status >= 400:
                     error = await self._http_error(resp, "submit", None)
                     self._heard(resp.status, error.retry_after)
@@ -183,7 +240,7 @@ class GMIClient:
                             "still have been created and billed")
                     raise error
                 self._heard(resp.status)
-                return parse_job(await resp.json(content_type=None))
+                return parse_job(await self._json(resp))
         except aiohttp.ClientConnectorError as exc:
             raise GMIError(f"Could not reach GMI at {self.api_root.split('/api/')[0]} "
                            f"({self._clean(str(exc))[:200]}); nothing was submitted. Check the network and queue "
@@ -197,7 +254,7 @@ class GMIClient:
         """One cheap authenticated call (GET /models). Raises AuthError for a refused key, HTTPError otherwise."""
         assert self._session is not None, "use the client inside 'async with'"
         try:
-            async with self._session.get(f"{self.api_root}/models", headers=self._auth(),
+            async with self._session.get(f"{self.api_root}/models", headers=self._auth(), allow_redirects=False,
                                          timeout=aiohttp.ClientTimeout(total=self.timing.status_timeout)) as resp:
                 if resp.status >= 400:
                     raise await self._http_error(resp, "key check", None)
@@ -211,31 +268,33 @@ class GMIClient:
         await self._turn()
         try:
             async with self._session.get(f"{self.api_root}{path}", params=params, headers=self._auth(),
+                                         allow_redirects=False,
                                          timeout=aiohttp.ClientTimeout(total=self.timing.status_timeout)) as resp:
                 self._heard(resp.status, parse_retry_after(resp.headers.get("Retry-After")))
-                return await resp.json(content_type=None) if resp.status < 400 else None
+                return await self._json(resp) if resp.status < 300 else None
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
             return None
 
     async def model_info(self, model_id: str) -> dict | None:
         """GET /models/{id} (parameters and pricing), or None when it does not answer plainly."""
-        body = await self._lookup(f"/models/{model_id}")
+        body = await self._lookup(f"/models/{quote(model_id, safe='')}")
         return body if isinstance(body, dict) else None
 
-    async def list_requests(self, model_id: str) -> list[RemoteJob] | None:
+    async def list_requests(self, model_id: str) -> Listing | None:
         """Recent jobs of this account for ``model_id`` (GET /requests, known only from third-party clients), or
         None when GMI does not offer the listing."""
         body = await self._lookup("/requests", {"model_id": model_id})
         items = body.get("requests") if isinstance(body, dict) else body
         if not isinstance(items, list):
             return None
-        jobs = []
+        jobs, unreadable = [], 0
         for item in items:
             try:
                 jobs.append(parse_job(item))
             except ValueError:
-                continue
-        return jobs
+                unreadable += 1
+        total = body.get("total") if isinstance(body, dict) else None
+        return Listing(jobs, total if isinstance(total, int) and not isinstance(total, bool) else None, unreadable)
 
     async def status(self, request_id: str, *, deadline: float) -> RemoteJob:
         """Read one status record. Transient faults (429, 5xx, resets, bad JSON) are retried until ``deadline``."""
@@ -245,11 +304,12 @@ class GMIClient:
             retry_after = None
             await self._turn()
             try:
-                async with self._session.get(f"{self.api_root}/requests/{request_id}", headers=self._auth(),
+                async with self._session.get(self._requests_url(request_id), headers=self._auth(),
+                                             allow_redirects=False,
                                              timeout=aiohttp.ClientTimeout(total=self.timing.status_timeout)) as resp:
-                    if resp.status < 400:
+                    if resp.status < 300:
                         self._heard(resp.status)
-                        return parse_job(await resp.json(content_type=None), request_id=request_id)
+                        return parse_job(await self._json(resp), request_id=request_id)
                     error = await self._http_error(resp, "status", request_id)
                     self._heard(resp.status, error.retry_after)
                     if resp.status < 500 and resp.status != 429:
@@ -271,9 +331,12 @@ class GMIClient:
 
     # --- media -------------------------------------------------------------------------------------------------
 
-    async def download(self, url: str, dest: Path, *, request_id: str,
+    async def download(self, url: str, dest: Path, *, request_id: str, deadline: float | None = None,
+                       verify: Callable[[Path], None] | None = None,
                        on_progress: Callable[[int, int | None], None] | None = None) -> int:
-        """Stream ``url`` into ``dest`` atomically, without credentials (see gmi.download)."""
+        """Stream ``url`` into ``dest`` atomically, without credentials, by ``deadline`` (this client's clock), and
+        ``verify`` the file before it takes its name (see gmi.download)."""
         assert self._session is not None, "use the client inside 'async with'"
         return await fetch_video(self._session, url, dest, request_id=request_id, timing=self.timing,
-                                 sleep=self.sleep, rng=self.rng, on_progress=on_progress)
+                                 sleep=self.sleep, rng=self.rng, clock=self.clock, deadline=deadline, verify=verify,
+                                 on_progress=on_progress)

@@ -9,9 +9,11 @@ from typing import AsyncIterator, Callable
 
 from . import settings
 from .client import GMIClient
+from .budget import SpendCap
 from .governor import shared_governor
-from .jobs import Journal, JobRunner, Progress, SpendCap
+from .jobs import Journal, JobRunner
 from .keys import resolve_api_key
+from .progress import Progress
 from .rehearsal import REHEARSAL_KEY, RehearsalQueue
 
 _budget: SpendCap | None = None

@@ -70,3 +70,7 @@ class MemoryShortError(GMIError):
 
 class SpendCapError(GMIError):
     """A new submit would take this session's spending past the cap the user set."""
+
+
+class JournalError(GMIError):
+    """The job journal's file cannot be read or written (full disk, read-only, not a database)."""

@@ -4,6 +4,8 @@ A model is data (a ModelSpec); adding a sibling model is adding an entry, not co
 """
 from __future__ import annotations
 
+import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +31,12 @@ class Param:
         if value is None:
             value = self.default
         if self.kind == "text":
-            text = "" if value is None else str(value).strip()
+            # NFC: the same visible text typed or pasted in another Unicode form is the same take.
+            text = unicodedata.normalize("NFC", "" if value is None else str(value)).strip()
+            bad = next((i for i, ch in enumerate(text) if "\ud800" <= ch <= "\udfff"), None)
+            if bad is not None:
+                raise InputError(f"{self.name}: has an invalid character at position {bad + 1} (half of an emoji or "
+                                 "symbol, lost in a copy); retype that part.")
             if self.required and not text:
                 raise InputError(f"{self.name}: is empty; type a description of the video (1-{self.max} characters).")
             if self.max is not None and len(text) > self.max:
@@ -173,3 +180,15 @@ def check_timeout_minutes(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (1 <= value <= 24 * 60):
         raise InputError(f"timeout_minutes: {value!r} is not allowed; use 1-1440 minutes.")
     return float(value)
+
+
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{6,128}$")
+
+
+def check_request_id(value: Any) -> str:
+    """A request id typed or pasted by the user: letters, digits and . _ : - only (never '/', '?' or spaces)."""
+    text = str(value or "").strip()
+    if not REQUEST_ID.match(text) or ".." in text:
+        raise InputError(f"request_id: {text[:40]!r} is not a GMI request id; paste the id from a request_id output, "
+                         "an error message or GMI's console.")
+    return text

@@ -1,26 +1,13 @@
 """Collect a GMI video by its request id: the same outputs as the generating node, nothing submitted."""
 from __future__ import annotations
 
-import re
-
 from comfy_api.latest import io
 
 from ..gmi.errors import InputError
 from ..gmi.media import DecodeOptions
-from ..gmi.models import check_timeout_minutes
+from ..gmi.models import check_request_id, check_timeout_minutes
 from . import outputs
 from .text_to_video import timeout_input
-
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{6,128}$")
-
-
-def check_request_id(value) -> str:
-    text = str(value or "").strip()
-    if not REQUEST_ID.match(text):
-        raise InputError(f"request_id: {text[:40]!r} is not a GMI request id; paste the id from a request_id output, "
-                         "an error message or GMI's console.")
-    return text
-
 
 class GMICollectVideo(io.ComfyNode):
     @classmethod
@@ -31,6 +18,7 @@ class GMICollectVideo(io.ComfyNode):
             category="GMI Cloud/Video",
             description="Fetches the video of an existing GMI request (from a request_id output, an error message or "
                         "GMI's console), waiting for it if it is still running. Submits nothing and costs nothing.",
+            **outputs.search_aliases("gmi", "gmi cloud", "collect video", "request id", "kling"),
             inputs=[
                 io.String.Input("request_id", default="", tooltip="The GMI request id to collect."),
                 timeout_input(),

@@ -6,6 +6,7 @@ import secrets
 import time
 import uuid
 from collections import defaultdict
+from datetime import datetime, timezone
 from pathlib import Path
 
 from aiohttp import web
@@ -55,6 +56,11 @@ class FakeGMI:
         self.open_at_post: list[int] = []      # jobs submitted but not yet downloaded, seen at each POST
         self.refuse_prompts_with: str | None = None  # POSTs whose prompt contains this get GMI's 400
         self.listing = False            # whether GET /requests (known only from third-party clients) exists
+        self.listing_page: int | None = None  # newest first, at most this many per answer (None: all, oldest first)
+        self.listing_times = "seconds"  # created_at in the listing: "seconds" | "ms" | "iso"
+        self.outcome_override: dict | None = None  # a success's outcome, as GMI might change its shape
+        self.status_words: dict[str, str] = {}     # our status -> the word GMI answers with (e.g. "completed")
+        self.next_ids: list[str] = []   # request ids to hand out before random ones (odd or hostile ids)
 
     # --- lifecycle --------------------------------------------------------------------------------------------
 
@@ -116,14 +122,18 @@ class FakeGMI:
 
     def _record(self, job: dict) -> dict:
         record = {"request_id": job["rid"], "org_id": "org-test", "user_id": "user-test",
-                  "model": job["model"], "status": job["status"], "is_public": False, "payload": job["payload"],
+                  "model": job["model"], "status": self.status_words.get(job["status"], job["status"]), "is_public": False,
+                  "payload": job["payload"] if job.get("echo", True) else None,
                   "outcome": None, "created_at": job["created_at"], "updated_at": job["created_at"] + 1,
                   "queued_at": job["created_at"]}
         if job["status"] == "success":
             aspect, sound = job["payload"].get("aspect_ratio", "16:9"), job["payload"].get("sound", "on") == "on"
-            record["outcome"] = {"thumbnail_image_url": f"{self.media_url}/media/{job['rid']}.jpg",
-                                 "media_urls": [{"id": "0", "url": f"{self.media_url}/media/{job['rid']}.mp4"}],
+            media = job.setdefault("media", uuid.uuid4().hex)  # the media host's name for it, whatever the id
+            record["outcome"] = {"thumbnail_image_url": f"{self.media_url}/media/{media}.jpg",
+                                 "media_urls": [{"id": "0", "url": f"{self.media_url}/media/{media}.mp4"}],
                                  **self.outcome_extra}
+            if self.outcome_override is not None:
+                record["outcome"] = self.outcome_override
             job["clip"] = self.clips[(aspect, sound)]
         elif job["status"] in ("failed", "cancelled"):
             record.update(self.failure_record)
@@ -143,8 +153,8 @@ class FakeGMI:
         if body.get("model") != "kling-v3-text-to-video":
             return web.json_response({"error": f"model {body.get('model')} not found"}, status=404)
         fetched = {path.rsplit("/", 1)[1].split(".")[0] for path, _ in self.media_requests}
-        self.open_at_post.append(1 + sum(1 for r in self.jobs if r not in fetched))
-        rid = uuid.uuid4().hex
+        self.open_at_post.append(1 + sum(1 for j in self.jobs.values() if j.get("media") not in fetched))
+        rid = self.next_ids.pop(0) if self.next_ids else uuid.uuid4().hex
         job = {"rid": rid, "model": body["model"], "payload": body["payload"], "status": "queued", "reads": 0,
                "created_at": self.wall() if self.job_seconds is not None else int(self.wall())}
         self.jobs[rid] = job
@@ -200,7 +210,15 @@ class FakeGMI:
             return web.json_response({"error": "Invalid API key"}, status=401)
         model = request.query.get("model_id")
         records = [self._record(job) for job in self.jobs.values() if model in (None, job["model"])]
-        return web.json_response({"requests": records, "total": len(records)})
+        total = len(records)
+        if self.listing_page is not None:
+            records = sorted(records, key=lambda r: r["created_at"], reverse=True)[: self.listing_page]
+        for record in records:
+            if self.listing_times == "ms":
+                record["created_at"] = int(record["created_at"] * 1000)
+            elif self.listing_times == "iso":
+                record["created_at"] = datetime.fromtimestamp(record["created_at"], timezone.utc).isoformat()
+        return web.json_response({"requests": records, "total": total})
 
     def add_console_job(self, payload: dict, status: str = "success") -> str:
         """A job made outside the pack (e.g. in GMI's console); returns its request id."""
@@ -219,7 +237,7 @@ class FakeGMI:
             if fault is not None:
                 return fault
         name = request.match_info["name"]
-        job = self.jobs.get(name.rsplit(".", 1)[0])
+        job = next((j for j in self.jobs.values() if j.get("media") == name.rsplit(".", 1)[0]), None)
         if job is None or "clip" not in job or not name.endswith(".mp4"):
             return web.json_response({"error": "NoSuchKey"}, status=404)
         data = job["clip"].read_bytes()

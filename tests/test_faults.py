@@ -106,7 +106,7 @@ async def test_lost_submit_with_unclear_lookup_lists_the_candidates(gmi, fake_ti
     with pytest.raises(SubmitUnknownError):
         await run(gmi, fake_time, tmp_path)
     other = gmi.add_console_job({"prompt": "something else"})
-    gmi.jobs[gmi.created[0]]["payload"] = None  # GMI echoes payloads unreliably
+    gmi.jobs[gmi.created[0]]["echo"] = False  # GMI echoes payloads unreliably
     with pytest.raises(SubmitUnknownError) as err:
         await run(gmi, fake_time, tmp_path)
     assert gmi.created[0] in str(err.value) and other in str(err.value)

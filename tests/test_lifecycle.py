@@ -82,7 +82,7 @@ async def test_post_that_comes_back_finished_is_not_polled(gmi, fake_time, tmp_p
 
 async def test_thumbnail_is_never_taken_for_the_video(gmi, fake_time, tmp_path):
     await run(gmi, fake_time, tmp_path)
-    assert [path for path, _ in gmi.media_requests] == [f"/media/{gmi.created[0]}.mp4"]
+    assert [path for path, _ in gmi.media_requests] == [f"/media/{gmi.jobs[gmi.created[0]]['media']}.mp4"]
 
 
 async def test_failed_job_reports_gmi_reason_and_request_id(gmi, fake_time, tmp_path):
