@@ -14,7 +14,7 @@ from comfy_api.latest import InputImpl, io, ui
 from server import PromptServer
 
 from ..gmi import connect, settings
-from ..gmi.jobs import Progress, percent_done
+from ..gmi.progress import Progress, interrupted_text, percent_done
 from ..gmi.keys import KEY_FILE_NAME
 from .routes import key_routes
 
@@ -35,10 +35,10 @@ def check_interrupt() -> None:
     comfy.model_management.throw_exception_if_processing_interrupted()
 
 
-async def until_interrupted(coro):
+async def until_interrupted(coro, reporter: "Reporter"):
     """Runs ``coro`` as a task. ComfyUI's Cancel only sets a flag, so the flag is read four times a second; when set,
-    the task is cancelled (the engine records what it must, e.g. the answer of a POST in flight) and ComfyUI's
-    interrupt is raised."""
+    the task is cancelled (the engine records what it must, e.g. the answer of a POST in flight), the node's text
+    says what became of the job, and ComfyUI's interrupt is raised."""
     task = asyncio.ensure_future(coro)
     try:
         while True:
@@ -48,21 +48,26 @@ async def until_interrupted(coro):
             if comfy.model_management.processing_interrupted():
                 task.cancel()
                 await asyncio.wait({task})
+                reporter.stopped()
                 check_interrupt()
                 return task.result()
     except asyncio.CancelledError:  # the prompt is torn down (e.g. a sibling node failed)
         task.cancel()
+        reporter.stopped()
         raise
 
 
 class Reporter:
     """Lifecycle events -> the node's progress bar and the line of text under it, for the browser that queued."""
 
-    def __init__(self, unique_id: str | None):
+    def __init__(self, unique_id: str | None, rehearsal: bool = False):
         self.unique_id = unique_id
+        self.rehearsal = rehearsal
+        self.request_id: str | None = None
         self.bar = comfy.utils.ProgressBar(100, node_id=unique_id)
 
     def __call__(self, event: Progress) -> None:
+        self.request_id = event.request_id or self.request_id
         try:
             self.bar.update_absolute(round(percent_done(event)), 100)
         except comfy.model_management.InterruptProcessingException:
@@ -71,6 +76,10 @@ class Reporter:
 
     def frames(self, done: int, total: int) -> None:
         self(Progress("decoding", f"decoding frames {done} of {total}", done / total if total else None))
+
+    def stopped(self) -> None:
+        """The last word under a node whose run was stopped: the truth about the job, not its last progress line."""
+        self.text(interrupted_text(self.request_id, self.rehearsal))
 
     def text(self, text: str) -> None:
         server = PromptServer.instance

@@ -34,14 +34,19 @@ async def run_and_output(node: type, job: str, options: DecodeOptions,
                          rehearsal_label: str | None = None) -> io.NodeOutput:
     """The shared body of the video nodes: run the job (Cancel-aware; against the free local stand-in when a
     rehearsal label is given), then build the outputs the graph uses."""
-    reporter = host.Reporter(node.hidden.unique_id)
+    reporter = host.Reporter(node.hidden.unique_id, rehearsal=rehearsal_label is not None)
     async with host.open_runner(reporter, rehearsal_label) as runner:
-        result = await host.until_interrupted(start(runner))
+        result = await host.until_interrupted(start(runner), reporter)
     linked = linked_outputs(node.hidden.prompt, node.hidden.unique_id)
     output = await node_output(result, linked, options, reporter)
     if linked is not None and not {FRAMES, AUDIO} <= linked:
         _partial_runs[job] = _partial_runs.get(job, 0) + 1
     return output
+
+
+def search_aliases(*words: str) -> dict:
+    """Schema keywords for the node library's search, on hosts whose io.Schema has them (ComfyUI after 0.3.64)."""
+    return {"search_aliases": list(words)} if "search_aliases" in getattr(io.Schema, "__dataclass_fields__", {}) else {}
 
 
 def schema_outputs(request_id_output: str = "request_id") -> list:

@@ -28,8 +28,11 @@ class GMIKlingV3TextToVideo(io.ComfyNode):
             node_id="GMIKlingV3TextToVideo",
             display_name="Kling v3 Text to Video (GMI Cloud)",
             category="GMI Cloud/Video",
-            description="Generates a video with Kling v3 on GMI Cloud (paid per second of video). The same inputs and "
-                        "take never pay twice: the saved video is reused, or a running job re-attached.",
+            description="Kling 3.0 (v3) text to video on GMI Cloud: a prompt becomes an MP4, IMAGE frames and AUDIO, "
+                        "billed per second of video to your GMI account. The same inputs and take never pay twice: "
+                        "the saved video is reused, or a running job re-attached.",
+            **outputs.search_aliases("kling", "kling 3", "kling 3.0", "kling v3", "gmi", "gmi cloud", "text to video",
+                                     "t2v", "video generation"),
             inputs=[
                 io.String.Input("prompt", multiline=True, default="",
                                 tooltip="What happens in the video: scene, subject, action, camera. 1-2500 characters."),

@@ -95,3 +95,23 @@ async def test_refused_submit_does_not_count_against_the_cap(gmi, fake_time, tmp
     assert cap.spent == 0
     await run(gmi, fake_time, tmp_path, budget=cap)
     assert cap.spent == pytest.approx(1.26)
+
+
+def test_a_stopped_run_says_where_the_job_is_and_that_requeue_is_free():
+    from gmi_video_pack.gmi.progress import interrupted_text
+
+    kept = interrupted_text("req-123456")
+    assert kept.startswith("interrupted") and "req-123456" in kept and "nothing new is paid" in kept
+    assert "nothing was paid" in interrupted_text(None)
+    assert "rehearsal" in interrupted_text("rehearsal-1", rehearsal=True)
+
+
+async def test_the_request_id_is_reported_as_soon_as_gmi_gives_it(gmi, fake_time, tmp_path):
+    from gmi_video_pack.gmi.errors import JobTimeoutError
+
+    gmi.never_finish = True
+    events = []
+    with pytest.raises(JobTimeoutError):
+        await run(gmi, fake_time, tmp_path, events=events, timeout_s=1)
+    first_with_id = next(e for e in events if e.request_id)
+    assert first_with_id.request_id == gmi.created[0] and first_with_id.stage == "queued"

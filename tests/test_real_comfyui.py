@@ -86,12 +86,21 @@ class Host:
         async with aiohttp.ClientSession() as s, s.get(self.url + path) as r:
             return await r.json()
 
-    async def queue(self, graph: dict) -> str:
-        async with aiohttp.ClientSession() as s, s.post(self.url + "/prompt",
-                                                        json={"prompt": graph, "client_id": uuid.uuid4().hex}) as r:
+    async def queue(self, graph: dict, client_id: str | None = None) -> str:
+        async with aiohttp.ClientSession() as s, s.post(self.url + "/prompt", json={
+                "prompt": graph, "client_id": client_id or uuid.uuid4().hex}) as r:
             body = await r.json()
             assert r.status == 200, body
             return body["prompt_id"]
+
+    async def node_texts(self, client_id: str, texts: list, ready: asyncio.Event) -> None:
+        """Collects (node id, text) of every progress text the server sends this browser, as the frontend reads it."""
+        async with aiohttp.ClientSession() as s, s.ws_connect(f"{self.url}/ws?clientId={client_id}") as ws:
+            ready.set()
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.BINARY and int.from_bytes(msg.data[:4], "big") == 3:
+                    size = int.from_bytes(msg.data[4:8], "big")
+                    texts.append((msg.data[8:8 + size].decode(), msg.data[8 + size:].decode()))
 
     async def interrupt(self) -> None:
         async with aiohttp.ClientSession() as s, s.post(self.url + "/interrupt") as r:
@@ -182,7 +191,10 @@ async def test_bad_combo_value_over_the_api_is_refused_before_paying(host, gmi):
 async def test_cancel_while_polling_stops_fast_and_requeue_collects_without_paying(host, gmi):
     gmi.never_finish = True
     graph = example_graph(await host.get("/object_info"))
-    prompt_id = await host.queue(graph)
+    client_id, texts, ready = uuid.uuid4().hex, [], asyncio.Event()
+    listener = asyncio.ensure_future(host.node_texts(client_id, texts, ready))
+    await ready.wait()
+    prompt_id = await host.queue(graph, client_id)
     for _ in range(300):
         if gmi.status_reads() >= 1:
             break
@@ -197,6 +209,12 @@ async def test_cancel_while_polling_stops_fast_and_requeue_collects_without_payi
     assert "execution_interrupted" in messages, messages
     print(f"\nCancel pressed -> prompt ended as interrupted after {stopped_after:.2f}s")
     assert stopped_after < 3.0, stopped_after
+    await asyncio.sleep(0.5)
+    listener.cancel()
+    node = next(n for n, v in graph.items() if v["class_type"] == "GMIKlingV3TextToVideo")
+    last = [text for n, text in texts if n == node][-1]
+    print(f"the node says: {last}")
+    assert last.startswith("interrupted") and gmi.created[0] in last and "nothing new is paid" in last
     gmi.never_finish = False
     entry = await host.wait(await host.queue(graph))
     assert entry["status"]["status_str"] == "success"
