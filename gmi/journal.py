@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -207,7 +208,11 @@ def journal_trouble(path: Path, exc: BaseException) -> str:
     """One line for a journal fault: which file, what happened, what to do."""
     text = str(exc) or type(exc).__name__
     lowered = text.lower()
-    if "full" in lowered or getattr(exc, "errno", None) == 28:
+    try:
+        full = shutil.disk_usage(path.parent).free < (1 << 20)  # SQLite often says only "disk I/O error"
+    except OSError:
+        full = False
+    if full or "full" in lowered or getattr(exc, "errno", None) == 28:
         fix = "free some disk space"
     elif "readonly" in lowered or "read-only" in lowered or isinstance(exc, PermissionError):
         fix = "make the file and its folder writable, or point GMI_JOURNAL (command line: --journal) elsewhere"

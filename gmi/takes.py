@@ -10,7 +10,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import AsyncIterator, Callable
 
+from .errors import JournalError
 from .governor import Waiters
+from .journal import journal_trouble
 from .net import Sleep
 
 
@@ -85,13 +87,20 @@ def _unlock_take(path: Path, key: str) -> None:
     fcntl.lockf(_lock_file(path), fcntl.LOCK_UN, 1, _take_byte(key))
 
 
+def _try_lock_file_or_say_why(path: Path, key: str) -> bool:
+    try:
+        return _try_lock_take(path, key)
+    except OSError as exc:  # the journal's folder is read-only, full or gone: one line, before anything is paid
+        raise JournalError(journal_trouble(path, exc)) from None
+
+
 @asynccontextmanager
 async def holding_across_processes(path: Path, key: str, sleep: Sleep, retry_s: float,
                                    on_wait: Callable[[], None]) -> AsyncIterator[None]:
     """Exclusive hold of one take among processes sharing a journal; the second waits (cancellable), then finds
     the first's result in the journal. Take ``holding`` first: within one process the lock is shared."""
     waited = False
-    while not _try_lock_take(path, key):
+    while not _try_lock_file_or_say_why(path, key):
         if not waited:
             waited = True
             on_wait()

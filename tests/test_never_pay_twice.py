@@ -404,3 +404,10 @@ async def test_a_new_journal_and_its_folder_are_owner_only(gmi, fake_time, tmp_p
     files = [folder / "jobs.sqlite3"] + list(folder.glob("jobs.sqlite3-*"))
     assert folder.stat().st_mode & 0o777 == 0o700
     assert files and all(f.stat().st_mode & 0o077 == 0 for f in files)
+
+
+async def test_a_journal_in_a_folder_that_cannot_be_made_is_one_line(gmi, fake_time, tmp_path):
+    (tmp_path / "user").write_text("a file where the journal's folder should be")
+    with pytest.raises(GMIError) as err:
+        await run(gmi, fake_time, tmp_path)
+    assert "journal" in str(err.value) and "\n" not in str(err.value) and posts(gmi) == 0
