@@ -130,9 +130,20 @@ async def host(gmi, tmp_path):
         server.stop()
 
 
-def example_graph(object_info: dict) -> dict:
-    workflow = json.loads((ROOT / "workflows" / "kling_v3_text_to_video.json").read_text())
-    return to_api(workflow, object_info)
+FIRST_EXAMPLE = "Kling v3 text to video (GMI Cloud).json"
+
+
+def paid(graph: dict) -> dict:
+    """The examples open in rehearsal (free): these checks are about the paid path, against the fake GMI."""
+    for node in graph.values():
+        if node["class_type"] == "GMIKlingV3TextToVideo":
+            node["inputs"]["rehearse"] = False
+    return graph
+
+
+def example_graph(object_info: dict, rehearse: bool = False) -> dict:
+    graph = to_api(json.loads((ROOT / "workflows" / FIRST_EXAMPLE).read_text()), object_info)
+    return graph if rehearse else paid(graph)
 
 
 async def test_example_workflow_runs_and_requeue_costs_nothing_even_after_restart(host, gmi):
@@ -305,11 +316,12 @@ async def test_frames_linked_later_are_decoded_not_a_stale_placeholder(host, gmi
     assert len(gmi.post_bodies) == 1
 
 
-@pytest.mark.parametrize("name,saved", [("kling_v3_upscale_frames.json", 1), ("kling_v3_two_takes_and_vertical.json", 3)])
+@pytest.mark.parametrize("name,saved", [("Kling v3 upscale the frames (GMI Cloud).json", 1),
+                                        ("Kling v3 two takes and a vertical (GMI Cloud).json", 3)])
 async def test_example_workflows_run_on_core_nodes(host, gmi, name, saved):
     info = await host.get("/object_info")
     workflow = json.loads((ROOT / "workflows" / name).read_text())
-    graph = to_api(workflow, info)  # every node type, input name and link checked against the real host
+    graph = paid(to_api(workflow, info))  # every node type, input name and link checked against the real host
     entry = await host.wait(await host.queue(graph))
     assert entry["status"]["status_str"] == "success", entry["status"]
     videos = [o["images"][0] for o in entry["outputs"].values() if o.get("images") and o["images"][0].get(
@@ -318,8 +330,9 @@ async def test_example_workflows_run_on_core_nodes(host, gmi, name, saved):
 
 
 async def test_rehearsal_runs_the_whole_graph_without_touching_gmi(host, gmi):
-    graph = example_graph(await host.get("/object_info"))
-    graph["1"]["inputs"].update(rehearse=True, duration=3, max_side=320)
+    graph = example_graph(await host.get("/object_info"), rehearse=True)  # as shipped: the first Run is free
+    assert graph["1"]["inputs"]["rehearse"] is True
+    graph["1"]["inputs"].update(duration=3, max_side=320)
     entry = await host.wait(await host.queue(graph))
     assert entry["status"]["status_str"] == "success", entry["status"]
     assert gmi.api_requests == [] and gmi.media_requests == []
@@ -330,8 +343,9 @@ async def test_rehearsal_runs_the_whole_graph_without_touching_gmi(host, gmi):
 @pytest.mark.skipif(not os.environ.get("COMFYUI_VHS"), reason="set COMFYUI_VHS to a VideoHelperSuite checkout")
 async def test_videohelpersuite_workflow_runs(host, gmi):
     info = await host.get("/object_info")
-    workflow = json.loads((ROOT / "workflows" / "kling_v3_vhs_video_combine.json").read_text())
-    entry = await host.wait(await host.queue(to_api(workflow, info)))
+    workflow = json.loads((ROOT / "workflows" / "needs_videohelpersuite" /
+                           "Kling v3 into VHS Video Combine (GMI Cloud).json").read_text())
+    entry = await host.wait(await host.queue(paid(to_api(workflow, info))))
     assert entry["status"]["status_str"] == "success", entry["status"]
     (combined,) = [o for o in entry["outputs"].values() if "gifs" in o]
     assert combined["gifs"][0]["filename"].endswith(".mp4") and len(gmi.created) == 1

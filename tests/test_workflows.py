@@ -1,4 +1,5 @@
-"""The shipped example workflows load: known node types, consistent links, our node's widgets in order, a note each."""
+"""The shipped example workflows load: known node types, consistent links, our node's widgets in order, a note each;
+they open in rehearsal, fully in view, and fit the newest ComfyUI's node schemas (a snapshot of its /object_info)."""
 from __future__ import annotations
 
 import json
@@ -6,10 +7,12 @@ from pathlib import Path
 
 import pytest
 
-WORKFLOWS = sorted((Path(__file__).resolve().parents[1] / "workflows").glob("*.json"))
-# Core node names of ComfyUI (../shared/comfyui-host.md) that the examples may use.
-CORE = {"SaveVideo", "SaveAudio", "SaveAudioMP3", "PreviewAudio", "SaveImage", "PreviewImage", "CreateVideo",
-        "GetVideoComponents", "SaveAnimatedWEBP", "Note", "MarkdownNote", "ImageScaleBy"}
+HERE = Path(__file__).resolve().parent
+WORKFLOWS = sorted((HERE.parent / "workflows").rglob("*.json"))
+# Core node names of ComfyUI (../shared/comfyui-host.md) that the examples may use: none the newest marks deprecated.
+CORE = {"SaveVideo", "PreviewAudio", "SaveImage", "PreviewImage", "CreateVideo", "GetVideoComponents",
+        "SaveAnimatedWEBP", "Note", "MarkdownNote", "ImageScaleBy"}
+NEWEST = json.loads((HERE / "data" / "object_info_newest.json").read_text())["object_info"]
 THIRD_PARTY = {"VHS_VideoCombine": "VideoHelperSuite"}
 OURS = {"GMIKlingV3TextToVideo": ["prompt", "negative_prompt", "duration", "aspect_ratio", "sound", "take",
                                   "control_after_generate", "timeout_minutes", "max_frames", "every_nth",
@@ -43,7 +46,7 @@ def test_our_nodes_start_fixed_with_every_widget(path):
         assert len(node["widgets_values"]) == len(OURS[node["type"]])
         assert values["control_after_generate"] == "fixed", "a shared workflow must not re-bill on every queue"
         assert values["aspect_ratio"] in ("16:9", "9:16", "1:1") and 3 <= values["duration"] <= 15
-        assert values["rehearse"] is False, "examples run for real; rehearsal is the user's switch"
+        assert values["rehearse"] is True, "an example's first Run must be free: paid is the user's switch"
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
@@ -56,7 +59,47 @@ def test_each_workflow_explains_itself_and_names_what_it_needs(path):
             assert THIRD_PARTY[node["type"]] in notes[0] and "NEEDS" in notes[0]
 
 
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_each_note_says_how_to_pay_and_what_it_costs(path):
+    (note,) = [n["widgets_values"][0] for n in load(path)["nodes"] if n["type"] == "Note"]
+    assert note.startswith("OPENS IN REHEARSAL (free)") and "real (paid)" in note and "$" in note
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_the_saved_view_shows_every_node_below_the_top_bar(path):
+    """The newest frontend floats its top bar over the canvas: a view at the top-left corner hides the first title."""
+    workflow = load(path)
+    view = workflow["extra"]["ds"]
+    scale, (ox, oy) = view["scale"], view["offset"]
+    for node in workflow["nodes"]:
+        (x, y), (w, h) = node["pos"], node.get("size", [300, 200])
+        left, top = (x + ox) * scale, (y - 30 - 22 + oy) * scale  # title bar and price badge above the body
+        right, bottom = (x + w + ox) * scale, (y + h + oy) * scale
+        assert left >= 0 and top >= 60 and right <= 1280 and bottom <= 720, (node["type"], left, top, right, bottom)
+
+
+@pytest.mark.parametrize("path", [p for p in WORKFLOWS if "needs_" not in str(p)], ids=lambda p: p.name)
+def test_core_examples_fit_the_newest_comfyui(path):
+    from workflow_api import to_api
+
+    workflow = load(path)
+    for node in workflow["nodes"]:
+        if node["type"] not in ("Note", "MarkdownNote"):
+            assert not NEWEST[node["type"]].get("deprecated"), f"{node['type']} is deprecated on the newest ComfyUI"
+    graph = to_api(workflow, NEWEST)  # widgets (incl. SaveVideo's dynamic 'format') and links fit its schemas
+    saves = [n["inputs"] for n in graph.values() if n["class_type"] == "SaveVideo"]
+    assert all(s["format"] == "auto" and s["format.codec"] == "auto" for s in saves)
+
+
+def test_our_node_in_the_snapshot_is_our_node_today():
+    """The snapshot must be refreshed when our schema changes (tests/data/object_info_newest.json)."""
+    order = NEWEST["GMIKlingV3TextToVideo"]["input_order"]
+    assert order["required"] + order["optional"] == [n for n in OURS["GMIKlingV3TextToVideo"]
+                                                    if n != "control_after_generate"]
+
+
 def test_the_examples_users_are_promised_are_there():
     names = {p.name for p in WORKFLOWS}
-    assert {"kling_v3_text_to_video.json", "kling_v3_upscale_frames.json", "kling_v3_two_takes_and_vertical.json",
-            "kling_v3_vhs_video_combine.json"} <= names
+    assert {"Kling v3 text to video (GMI Cloud).json", "Kling v3 upscale the frames (GMI Cloud).json",
+            "Kling v3 two takes and a vertical (GMI Cloud).json",
+            "Kling v3 into VHS Video Combine (GMI Cloud).json"} <= names

@@ -2,12 +2,33 @@
 from __future__ import annotations
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"  # ComfyUI 0.33+: a combo whose chosen option brings its own widgets
 UI_ONLY = {"Note", "MarkdownNote", "Reroute"}
 
 
 def _is_widget(spec) -> bool:
     kind = spec[0]
-    return isinstance(kind, list) or kind in WIDGET_TYPES
+    return isinstance(kind, list) or kind in WIDGET_TYPES or kind == DYNAMIC_COMBO
+
+
+def _option_inputs(spec, value) -> list[tuple[str, list]]:
+    """The widgets a dynamic combo's chosen option adds, in the frontend's order (required, then optional)."""
+    if spec[0] != DYNAMIC_COMBO:
+        return []
+    option = next((o for o in spec[1].get("options", []) if o.get("key") == value), None)
+    inputs = (option or {}).get("inputs", {})
+    return [*inputs.get("required", {}).items(), *inputs.get("optional", {}).items()]
+
+
+def _take_widget(name: str, spec, values: list, inputs: dict) -> None:
+    """Moves the widget's saved value (and those of a dynamic combo's sub-widgets, as ``name.sub``) into inputs."""
+    value = values.pop(0)
+    if _has_control(name, spec) and values:
+        values.pop(0)
+    inputs[name] = value
+    for sub, sub_spec in _option_inputs(spec, value):
+        if _is_widget(sub_spec) and values:
+            _take_widget(f"{name}.{sub}", sub_spec, values, inputs)
 
 
 def _has_control(name: str, spec) -> bool:
@@ -41,10 +62,7 @@ def to_api(workflow: dict, object_info: dict) -> dict:
                     else:
                         continue
                 else:
-                    value = values.pop(0)
-                    if _has_control(name, spec) and values:
-                        values.pop(0)
-                    inputs[name] = value
+                    _take_widget(name, spec, values, inputs)
             if name in linked:
                 link = links[linked[name]]
                 if link[3] != node["id"]:
