@@ -1,5 +1,8 @@
 """Command line over the same engine as the nodes: generate, batch, collect, jobs. Run ``python -m gmi --help``
-from the pack's folder (or ``gmi-video`` when installed with pip)."""
+from the pack's folder (or ``gmi-video`` when installed with pip).
+
+Environment: GMI_API_KEY (the key), GMI_HOME (folder of the key file and the default journal, ~/.gmi_cloud),
+GMI_JOURNAL (the journal), GMI_BASE_URL, GMI_SPEND_CAP_USD, GMI_MAX_JOBS."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import wave
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,15 +20,18 @@ from pathlib import Path
 import numpy as np
 
 from . import connect
-from .errors import GMIError, InputError, KeyMissingError
+from .errors import GMIError, InputError, JournalError, KeyMissingError, SpendCapError, UnrecordedJobError
 from .jobs import Journal, JobState
 from .keys import KEY_FILE_NAME
 from .media import decode_audio, ffmpeg_exe, probe, run_child
 from .models import KLING_V3_T2V, check_take, check_timeout_minutes
-from .progress import Progress, percent_done
+from .terminal import Printer, one_line
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
-HOME = Path(os.environ.get("GMI_HOME", Path.home() / ".gmi_cloud"))
+HOME = Path(os.environ.get("GMI_HOME", Path.home() / ".gmi_cloud")).absolute()
+ASPECTS = KLING_V3_T2V.param("aspect_ratio").options
+FLAGS = {"prompt": "--prompt", "negative_prompt": "--negative", "duration": "--duration", "aspect_ratio": "--aspect",
+         "sound": "--sound", "take": "--take", "timeout_minutes": "--timeout-minutes", "request_id": "REQUEST_ID"}
 
 
 @dataclass
@@ -49,43 +56,27 @@ def parse_take(values: dict, name: str) -> Take:
     return Take(str(values.get("name") or name), payload, check_take(values.get("take", 0)))
 
 
-class Printer:
-    """Progress lines on stderr (one per change), the request id and the path on stdout."""
-
-    def __init__(self, prefix: str = "", ids_on_stdout: bool = True):
-        self.prefix = prefix
-        self.ids_on_stdout = ids_on_stdout  # a batch keeps stdout for its summary table
-        self.last = ""
-        self.request_id: str | None = None
-
-    def __call__(self, event: Progress) -> None:
-        if event.request_id and event.request_id != self.request_id:
-            self.request_id = event.request_id
-            print(f"{self.prefix}request_id {event.request_id}", flush=True,
-                  file=sys.stdout if self.ids_on_stdout else sys.stderr)
-        text = event.text if event.stage != "downloading" or event.fraction in (None, 1.0) else ""
-        if text and text != self.last:
-            self.last = text
-            print(f"{self.prefix}{bar(event)}{text}", file=sys.stderr, flush=True)
-
-
-def bar(event: Progress, width: int = 20) -> str:
-    """A text progress bar for the whole job (the same stages as the node's bar)."""
-    percent = percent_done(event, decoding_follows=False)
-    filled = round(width * percent / 100)
-    return f"[{'#' * filled}{'.' * (width - filled)}] {percent:3.0f}%  "
-
-
 def open_runner(args, printer: Printer, rehearsal_label: str | None = None):
     """``async with``: a runner over the chosen journal and output folder (see gmi.connect)."""
-    return connect.open_runner(args.journal, args.out, HOME / KEY_FILE_NAME, on_progress=printer,
+    return connect.open_runner(args.journal, args.out.absolute(), HOME / KEY_FILE_NAME, on_progress=printer,
                                rehearsal_label=rehearsal_label)
 
 
-async def run_take(args, take: Take, printer: Printer):
+async def run_take(args, take: Take, printer: Printer, name: str | None = None):
     timeout_s = check_timeout_minutes(args.timeout_minutes) * 60
-    async with open_runner(args, printer, f"take {take.take}" if args.rehearse else None) as runner:
-        return await runner.run(KLING_V3_T2V, take.payload, take.take, timeout_s=timeout_s, rehearse=args.rehearse)
+    try:
+        async with open_runner(args, printer, f"take {take.take}" if args.rehearse else None) as runner:
+            return await runner.run(KLING_V3_T2V, take.payload, take.take, timeout_s=timeout_s,
+                                    rehearse=args.rehearse, name=name)
+    finally:
+        printer.close()
+
+
+def with_flag_names(exc: InputError) -> InputError:
+    """An input error as the command line says it: the flag the user typed, not the node's input name."""
+    text = str(exc)
+    field = text.split(":", 1)[0]
+    return InputError(FLAGS[field] + text[len(field):]) if field in FLAGS else exc
 
 
 def write_extras(args, video: Path) -> list[Path]:
@@ -111,8 +102,12 @@ def write_extras(args, video: Path) -> list[Path]:
 
 
 async def cmd_generate(args) -> int:
-    take = parse_take({"prompt": args.prompt, "negative_prompt": args.negative, "duration": args.duration,
-                       "aspect_ratio": args.aspect, "sound": args.sound == "on", "take": args.take}, "generate")
+    try:
+        take = parse_take({"prompt": args.prompt, "negative_prompt": args.negative, "duration": args.duration,
+                           "aspect_ratio": args.aspect, "sound": args.sound == "on", "take": args.take}, "generate")
+        check_timeout_minutes(args.timeout_minutes)
+    except InputError as exc:
+        raise with_flag_names(exc) from None
     result = await run_take(args, take, Printer())
     for extra in await asyncio.to_thread(write_extras, args, result.path):
         print(f"wrote {extra}", file=sys.stderr)
@@ -123,7 +118,9 @@ async def cmd_generate(args) -> int:
 def read_batch(path: Path) -> list[Take]:
     takes, names = [], set()
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # a BOM (Windows editors) is not part of line 1
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: is not UTF-8 text (byte {exc.start}); save it as UTF-8 and run again.") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot be read ({exc.strerror}).") from None
     for number, line in enumerate(lines, 1):
@@ -159,7 +156,7 @@ async def cmd_batch(args) -> int:
         printer = Printer(prefix=f"[{take.name}] ", ids_on_stdout=False)
         async with gate:
             try:
-                result = await run_take(args, take, printer)
+                result = await run_take(args, take, printer, name=take.name)
                 await asyncio.to_thread(write_extras, args, result.path)
                 rows[take.name] = ("reused" if result.reused else "done", result.request_id, str(result.path))
             except Exception as exc:  # noqa: BLE001  one take's fault (even an OSError) must not sink the batch
@@ -181,71 +178,90 @@ async def cmd_batch(args) -> int:
 
 
 async def cmd_collect(args) -> int:
-    async with open_runner(args, Printer()) as runner:
-        result = await runner.collect(args.request_id, timeout_s=check_timeout_minutes(args.timeout_minutes) * 60)
+    try:
+        timeout_s = check_timeout_minutes(args.timeout_minutes) * 60
+    except InputError as exc:
+        raise with_flag_names(exc) from None
+    printer = Printer()
+    try:
+        async with open_runner(args, printer) as runner:
+            result = await runner.collect(args.request_id, timeout_s=timeout_s)
+    finally:
+        printer.close()
     print(("reused " if result.reused else "saved ") + str(result.path), flush=True)
     return EXIT_OK
 
 
 async def cmd_jobs(args) -> int:
     jobs = await asyncio.to_thread(Journal(args.journal).all)
-    print(f"{'request_id':34}  {'status':14}  take  {'price':>7}  file")
+    print(f"{'date':16}  {'model':22}  {'prompt':30}  take  {'state':24}  {'price':>7}  {'request_id':34}  file")
     for job in jobs:
-        price = f"${job.price:.2f}" if job.price is not None else ("free" if job.rehearsal else "-")
+        submitted = job.request_id is not None or job.state is JobState.SUBMIT_UNKNOWN  # only those may be billed
+        price = "free" if job.rehearsal else (f"${job.price:.2f}" if job.price is not None and submitted else "-")
         state = job.state.value + (" (rehearsal)" if job.rehearsal else "")
+        prompt = " ".join(str(job.payload.get("prompt", "")).split())
+        prompt = prompt if len(prompt) <= 30 else prompt[:29] + "…"
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(job.created_at))
         path = job.path if job.state is JobState.SAVED else (job.error or "")
-        print(f"{(job.request_id or '-'):34}  {state:14}  {job.take:4}  {price:>7}  {path}")
+        take = "-" if job.take < 0 else str(job.take)  # collected by id: no take
+        print(f"{when:16}  {job.model_id[:22]:22}  {prompt:30}  {take:>4}  {state:24}  {price:>7}  "
+              f"{(job.request_id or '-'):34}  {path}")
     return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
     prog = "python -m gmi" if Path(sys.argv[0]).name in ("__main__.py", "-m") else Path(sys.argv[0]).name
-    parser = argparse.ArgumentParser(prog=prog, description="GMI Cloud video from the command line: the "
-                                     "same engine and journal semantics as the ComfyUI nodes (never pays twice).")
-    parser.add_argument("--journal", type=Path, default=Path(os.environ.get("GMI_JOURNAL", HOME / "jobs.sqlite3")),
-                        help="the job journal (default: $GMI_JOURNAL or ~/.gmi_cloud/jobs.sqlite3)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog=prog, description="GMI Cloud video from the command line: the same engine "
+                                     "and journal as the ComfyUI nodes (never pays twice for the same take).",
+                                     epilog="Environment: GMI_API_KEY, GMI_HOME (default ~/.gmi_cloud: the key file "
+                                     "'api_key' and the journal), GMI_JOURNAL, GMI_BASE_URL, GMI_SPEND_CAP_USD, "
+                                     "GMI_MAX_JOBS. Exit codes: 0 done, 1 a remote job failed, 2 bad input or set-up "
+                                     "(nothing submitted), 130 interrupted (started jobs are kept).")
+    journal = argparse.ArgumentParser(add_help=False)  # accepted before or after the subcommand
+    journal.add_argument("--journal", type=Path, default=argparse.SUPPRESS,
+                         help="the job journal (default: $GMI_JOURNAL, else jobs.sqlite3 in $GMI_HOME or ~/.gmi_cloud)")
+    parser.add_argument("--journal", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def job_options(p, out_required=True):
-        p.add_argument("--out", type=Path, required=out_required, help="folder for the MP4s")
-        p.add_argument("--timeout-minutes", type=int, default=30, help="stop waiting after this long (default 30)")
-        p.add_argument("--rehearse", action="store_true", help="free local stand-in for GMI: no key, no charge")
-        p.add_argument("--wav", action="store_true", help="also write the soundtrack as WAV")
-        p.add_argument("--png", action="store_true", help="also write every frame as PNG")
+    def job_options(p):
+        p.add_argument("--out", type=Path, required=True, help="folder for the MP4s (made if missing)")
+        p.add_argument("--timeout-minutes", type=int, default=30, metavar="N",
+                       help="stop waiting after N minutes, 1-1440; the job is kept (default 30)")
+        p.add_argument("--rehearse", action="store_true",
+                       help="use the free local stand-in for GMI: no key, no charge, a test clip of the real size")
+        p.add_argument("--wav", action="store_true", help="also write the soundtrack as WAV next to the MP4")
+        p.add_argument("--png", action="store_true", help="also write every frame as PNG, in a folder next to the MP4")
 
-    gen = sub.add_parser("generate", help="one video; prints the request id first and the saved path last")
-    gen.add_argument("--prompt", required=True)
-    gen.add_argument("--negative", default="")
-    gen.add_argument("--duration", type=int, default=5, help="3-15 seconds (default 5)")
-    gen.add_argument("--aspect", default="16:9", help="16:9, 9:16 or 1:1")
-    gen.add_argument("--sound", choices=["on", "off"], default="on")
-    gen.add_argument("--take", type=int, default=0, help="same take = same paid video, reused (default 0)")
+    gen = sub.add_parser("generate", parents=[journal], help="one video; prints the request id first, the path last")
+    gen.add_argument("--prompt", required=True, help="what happens in the video (1-2500 characters)")
+    gen.add_argument("--negative", default="", metavar="TEXT", help="what to avoid (default: nothing)")
+    gen.add_argument("--duration", type=int, default=5, metavar="SECONDS", help="3-15 seconds; the price is per "
+                     "second (default 5)")
+    gen.add_argument("--aspect", default="16:9", choices=ASPECTS, help="aspect ratio (default 16:9)")
+    gen.add_argument("--sound", choices=["on", "off"], default="on", help="a synchronized soundtrack (default on)")
+    gen.add_argument("--take", type=int, default=0, metavar="N",
+                     help="same take of the same inputs = the same paid video, reused; a new N pays again (default 0)")
     job_options(gen)
-    batch = sub.add_parser("batch", help="one job per JSON line; re-running collects what exists")
-    batch.add_argument("file", type=Path, help="JSONL: prompt, duration, aspect_ratio, sound, take, name")
-    batch.add_argument("--concurrency", type=int, default=4)
+    batch = sub.add_parser("batch", parents=[journal],
+                           help="one job per JSON line; running the file again collects what exists")
+    batch.add_argument("file", type=Path, help="JSONL, one object per line: prompt (required), negative_prompt, "
+                       "duration, aspect_ratio, sound (true/false), take, name (used in the file name)")
+    batch.add_argument("--concurrency", type=int, default=4, metavar="N", help="jobs at once (default 4)")
     job_options(batch)
-    collect = sub.add_parser("collect", help="fetch an existing request's video; submits nothing")
-    collect.add_argument("request_id")
-    collect.add_argument("--out", type=Path, required=True)
-    collect.add_argument("--timeout-minutes", type=int, default=30)
-    sub.add_parser("jobs", help="list the journal: id, status, take, price, file")
+    collect = sub.add_parser("collect", parents=[journal], help="fetch an existing request's video; submits nothing")
+    collect.add_argument("request_id", metavar="REQUEST_ID", help="from a request_id line, an error or GMI's console")
+    collect.add_argument("--out", type=Path, required=True, help="folder for the MP4 (made if missing)")
+    collect.add_argument("--timeout-minutes", type=int, default=30, metavar="N",
+                         help="stop waiting after N minutes (default 30)")
+    sub.add_parser("jobs", parents=[journal], help="list the journal: date, model, prompt, take, state, price, file")
     return parser
 
 
+def default_journal() -> Path:
+    return Path(os.environ.get("GMI_JOURNAL") or HOME / "jobs.sqlite3")
+
+
 COMMANDS = {"generate": cmd_generate, "batch": cmd_batch, "collect": cmd_collect, "jobs": cmd_jobs}
-
-
-def one_line(exc: BaseException) -> str:
-    """An error as the one line a user reads: the pack's own message, or what the OS said and about which file."""
-    if isinstance(exc, GMIError):
-        return str(exc)
-    if isinstance(exc, OSError):
-        where = f" ({exc.filename})" if exc.filename else ""
-        return f"{exc.strerror or type(exc).__name__}{where}"
-    if isinstance(exc, subprocess.CalledProcessError):
-        return f"ffmpeg failed (exit {exc.returncode}) writing the extras"
-    return f"{type(exc).__name__}: {exc}"
 
 
 def _stop_on_term(signum, frame) -> None:
@@ -255,12 +271,16 @@ def _stop_on_term(signum, frame) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.journal = Path(getattr(args, "journal", None) or default_journal()).absolute()
     for name in ("SIGTERM", "SIGHUP"):
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), _stop_on_term)
     try:
         return asyncio.run(COMMANDS[args.command](args))
-    except (InputError, KeyMissingError) as exc:
+    except UnrecordedJobError as exc:  # paid, and the id is in the message: not a set-up fault
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except (InputError, KeyMissingError, SpendCapError, JournalError) as exc:  # nothing was submitted
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (GMIError, OSError, subprocess.CalledProcessError) as exc:

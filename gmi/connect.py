@@ -36,7 +36,11 @@ async def open_runner(journal_path: Path, output_dir: Path, key_file: Path, *,
     """A runner for one job; with ``rehearsal_label``, against a stand-in that lives as long as the context."""
     journal = Journal(journal_path)
     if rehearsal_label is not None:
-        async with RehearsalQueue(rehearsal_label) as queue:
+        def known(request_id: str) -> tuple[str, dict] | None:
+            job = journal.find_request(request_id)
+            return (job.model_id, job.payload) if job is not None and job.rehearsal else None
+
+        async with RehearsalQueue(rehearsal_label, known) as queue:
             yield JobRunner(journal, lambda: GMIClient(queue.base_url, REHEARSAL_KEY), output_dir,
                             on_progress=on_progress)
         return

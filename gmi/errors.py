@@ -74,3 +74,7 @@ class SpendCapError(GMIError):
 
 class JournalError(GMIError):
     """The job journal's file cannot be read or written (full disk, read-only, not a database)."""
+
+
+class UnrecordedJobError(JournalError):
+    """GMI accepted a job (it is paid) but the journal could not record it: the message carries the request id."""

@@ -13,7 +13,9 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import re
+import shutil
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -21,8 +23,8 @@ from pathlib import Path
 from typing import AsyncIterator, Callable
 
 from .client import Clock, GMIClient, RemoteJob, Sleep, backoff_delay, pick_video_url
-from .errors import (DownloadError, GMIError, HTTPError, JobFailedError, JobTimeoutError, JournalError, MediaError,
-                     RateLimitedError, SubmitUnknownError)
+from .errors import (DownloadError, GMIError, HTTPError, InputError, JobFailedError, JobTimeoutError, JournalError,
+                     MediaError, RateLimitedError, SubmitUnknownError, UnrecordedJobError)
 from . import preflight, reconcile
 from .governor import Governor
 from .journal import Job, JobState, Journal  # noqa: F401  (re-exported: the lifecycle's records)
@@ -53,13 +55,14 @@ def job_key(model_id: str, payload: dict, take: int, rehearsal: bool = False) ->
 _gmi_rates: dict[tuple[str, str], float | None] = {}
 
 
-def video_file_name(model_id: str, request_id: str) -> str:
+def video_file_name(model_id: str, request_id: str, name: str | None = None) -> str:
     """Unique per request id: two nodes running at once never collide, and ids alike once made file-safe (cut to
-    80 characters, or '/' for '_') still get their own file."""
+    80 characters, or '/' for '_') still get their own file. ``name`` (a batch line's) leads, when given."""
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", request_id)[:80]
     if safe != request_id:
         safe += "-" + hashlib.sha256(request_id.encode("utf-8", "surrogatepass")).hexdigest()[:12]
-    return f"{model_id}_{safe}.mp4"
+    lead = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:60] + "_" if name else ""
+    return f"{lead}{model_id}_{safe}.mp4"
 
 
 class JobRunner:
@@ -72,7 +75,7 @@ class JobRunner:
                  budget: SpendCap | None = None, governor: Governor | None = None):
         self.journal = journal
         self.connect = connect
-        self.output_dir = Path(output_dir)
+        self.output_dir = Path(output_dir).absolute()  # the journal records it: the same wherever one runs from
         self.clock = clock
         self.wall_clock = wall_clock
         self.sleep = sleep
@@ -120,8 +123,12 @@ class JobRunner:
         except MediaError as exc:
             log.warning("saved video of request %s is damaged (%s); downloading it again", job.request_id, exc)
             return None
+        path = Path(job.path)
+        if path.parent != self.output_dir:  # saved by another run into another folder: put it here too, for free
+            await asyncio.to_thread(preflight.check_output_folder, self.output_dir, 0)
+            path = await asyncio.to_thread(place_copy, path, self.output_dir / path.name)
         self.on_progress(Progress("reused", f"reused saved video of request {job.request_id}", 1.0, job.request_id))
-        return JobResult(job.request_id, Path(job.path), reused=True)
+        return JobResult(job.request_id, path, reused=True)
 
     async def _check_output(self, payload: dict, model_id: str) -> None:
         spec = CATALOGUE.get(model_id)
@@ -129,7 +136,7 @@ class JobRunner:
         await asyncio.to_thread(preflight.check_output_folder, self.output_dir, seconds)
 
     async def run(self, spec: ModelSpec, payload: dict, take: int, *, timeout_s: float,
-                  rehearse: bool = False) -> JobResult:
+                  rehearse: bool = False, name: str | None = None) -> JobResult:
         """The saved video of this take, paying for it only if no earlier run already did. ``rehearse``: this runner
         talks to the free stand-in (gmi.rehearsal), and the journal keeps the result apart from real takes."""
         key = job_key(spec.model_id, payload, take, rehearse)
@@ -149,7 +156,7 @@ class JobRunner:
                 if not fresh and job.state in (JobState.SUBMITTING, JobState.SUBMIT_UNKNOWN):
                     await self._reconcile(client, job)
                 answer = await self._submit(client, job, deadline) if job.state is JobState.SUBMITTING else None
-                return await self._drive(client, job, deadline, answer)
+                return await self._drive(client, job, deadline, answer, name)
 
     async def collect(self, request_id: str, *, timeout_s: float) -> JobResult:
         """The video of an existing request, by its id: never submits anything."""
@@ -167,7 +174,7 @@ class JobRunner:
                     remote = await client.status(request_id, deadline=deadline)
                 except HTTPError as exc:
                     if exc.status in (400, 404):
-                        raise GMIError(f"GMI has no request {request_id!r} (HTTP {exc.status}: {exc.gmi_text}). "
+                        raise InputError(f"GMI has no request {request_id!r} (HTTP {exc.status}: {exc.gmi_text}). "
                                        "Copy the id from a request_id output, an error message or GMI's console.") \
                             from None
                     raise
@@ -182,11 +189,12 @@ class JobRunner:
                         await self._record(job)
                 return await self._drive(client, job, deadline)
 
-    async def _drive(self, client: GMIClient, job: Job, deadline: float, known: RemoteJob | None = None) -> JobResult:
+    async def _drive(self, client: GMIClient, job: Job, deadline: float, known: RemoteJob | None = None,
+                     name: str | None = None) -> JobResult:
         if job.state is JobState.SUBMITTED:
             await self._wait(client, job, deadline, known)
         # SUCCEEDED, or SAVED with the file gone: fetch the video (again).
-        return await self._download(client, job, deadline)
+        return await self._download(client, job, deadline, name)
 
     async def price(self, client: GMIClient, spec: ModelSpec, payload: dict) -> Price:
         """The take's estimated price: GMI's own per-second rate when /models/{id} states one, else the table."""
@@ -241,9 +249,9 @@ class JobRunner:
             await self._record(job)
         except JournalError as exc:
             # Paid, and the journal cannot say so: the id must reach the user whatever happens next.
-            raise JournalError(f"GMI accepted the job as request {remote.request_id}, but the journal could not "
-                               f"record it. {exc} Then collect it by that id (the Collect node, or the command "
-                               "line's collect) rather than queueing the take again.") from None
+            raise UnrecordedJobError(f"GMI accepted the job as request {remote.request_id}, but the journal could "
+                                     f"not record it. {exc} Then collect it by that id (the Collect node, or the "
+                                     "command line's collect) rather than queueing the take again.") from None
         self.on_progress(Progress("queued", f"submitted as request {remote.request_id}", 0.0, remote.request_id))
         if remote.terminal:
             await self._finish(job, remote)
@@ -387,9 +395,9 @@ class JobRunner:
 
     DOWNLOAD_GRACE_S = 300.0  # a job that ends near its time limit still gets this long to be downloaded
 
-    async def _download(self, client: GMIClient, job: Job, deadline: float) -> JobResult:
+    async def _download(self, client: GMIClient, job: Job, deadline: float, name: str | None = None) -> JobResult:
         url = await self._video_url(client, job, deadline)
-        dest = self.output_dir / video_file_name(job.model_id, job.request_id)
+        dest = self.output_dir / video_file_name(job.model_id, job.request_id, name)
         deadline = max(deadline, self.clock() + self.DOWNLOAD_GRACE_S)
 
         def progress(done: int, total: int | None) -> None:
@@ -413,6 +421,21 @@ class JobRunner:
         await self._record(job)
         self.on_progress(Progress("saved", f"saved {dest.name}", 1.0, job.request_id))
         return JobResult(job.request_id, dest, reused=False)
+
+
+def place_copy(source: Path, dest: Path) -> Path:
+    """``source`` at ``dest`` as well: a hard link when both are on one disk, else a copy; atomic, never half there."""
+    if dest.is_file() and os.path.samefile(source, dest):
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    temp = dest.with_name(f".{dest.name}.{os.getpid()}.link")
+    temp.unlink(missing_ok=True)
+    try:
+        os.link(source, temp)
+    except OSError:
+        shutil.copy2(source, temp)
+    os.replace(temp, dest)
+    return dest
 
 
 def describe_outcome(remote: RemoteJob) -> str:

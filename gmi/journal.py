@@ -62,7 +62,7 @@ class Journal:
 
     def __init__(self, path: Path):
         # Nothing is opened here: the nodes build a journal on the event loop, and every call below runs in a thread.
-        self.path = Path(path)
+        self.path = Path(path).absolute()  # recorded paths and the lock file must not depend on the working folder
         self._ready = False
         self._ready_lock = threading.Lock()
 
@@ -181,10 +181,12 @@ class Journal:
             self.record(job)
 
     def run_seconds(self, model_id: str) -> list[tuple[dict, float]]:
-        """(payload, seconds from submit to done) of this model's finished jobs, newest first."""
+        """(payload, seconds from submit to done) of this model's finished real jobs, newest first (a rehearsal's
+        seconds say nothing of GMI's)."""
         rows = self._use(lambda db: db.execute(
-            "SELECT payload, finished_at - submit_started_at FROM jobs WHERE model_id = ? AND finished_at IS NOT "
-            "NULL AND submit_started_at IS NOT NULL ORDER BY finished_at DESC LIMIT 200", (model_id,)).fetchall())
+            "SELECT payload, finished_at - submit_started_at FROM jobs WHERE model_id = ? AND rehearsal = 0 AND "
+            "finished_at IS NOT NULL AND submit_started_at IS NOT NULL ORDER BY finished_at DESC LIMIT 200",
+            (model_id,)).fetchall())
         return [(json.loads(payload), seconds) for payload, seconds in rows if seconds and seconds > 0]
 
     def record(self, job: Job) -> None:

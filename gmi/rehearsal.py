@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 import uuid
 from pathlib import Path
+from typing import Callable
 
 from aiohttp import web
 
@@ -50,10 +51,12 @@ def render_clip(spec: ModelSpec, payload: dict, label: str, dest: Path) -> Path:
 
 class RehearsalQueue:
     """``async with RehearsalQueue(label) as queue:`` then point a GMIClient at ``queue.base_url`` with any key.
-    Lives on the current event loop, on 127.0.0.1, for one run."""
+    Lives on the current event loop, on 127.0.0.1, for one run. ``known(request_id)`` gives (model, payload) of a
+    rehearsal an earlier run started (from the journal): a stopped rehearsal resumes instead of being 'not found'."""
 
-    def __init__(self, label: str = ""):
+    def __init__(self, label: str = "", known: Callable[[str], tuple[str, dict] | None] | None = None):
         self.label = label
+        self.known = known
         self.jobs: dict[str, dict] = {}
         self.base_url = ""
         self._folder = Path(tempfile.mkdtemp(prefix="gmi-rehearsal-"))
@@ -99,14 +102,22 @@ class RehearsalQueue:
         if spec is None:
             return web.json_response({"error": f"model {body.get('model')!r} not found"}, status=404)
         rid = "rehearsal-" + uuid.uuid4().hex[:16]
-        dest = self._folder / f"{rid}.mp4"
-        task = asyncio.ensure_future(asyncio.to_thread(render_clip, spec, body["payload"], self.label, dest))
-        self.jobs[rid] = {"model": spec.model_id, "payload": body["payload"], "task": task, "path": dest}
+        self._start(rid, spec, body["payload"])
         log.info("rehearsal: %s stands in for a %s job (nothing is paid)", rid, spec.model_id)
         return web.json_response({**self._record(rid), "status": "queued"})
 
+    def _start(self, rid: str, spec: ModelSpec, payload: dict) -> None:
+        dest = self._folder / f"{rid}.mp4"
+        task = asyncio.ensure_future(asyncio.to_thread(render_clip, spec, payload, self.label, dest))
+        self.jobs[rid] = {"model": spec.model_id, "payload": payload, "task": task, "path": dest}
+
     async def _status(self, request: web.Request) -> web.Response:
         rid = request.match_info["rid"]
+        if rid not in self.jobs and self.known is not None:
+            earlier = await asyncio.to_thread(self.known, rid)
+            if earlier is not None and CATALOGUE.get(earlier[0]) is not None:
+                self._start(rid, CATALOGUE[earlier[0]], earlier[1])  # an interrupted rehearsal, resumed
+                log.info("rehearsal: %s resumed", rid)
         if rid not in self.jobs:
             return web.json_response({"error": "request not found"}, status=404)
         return web.json_response(self._record(rid))

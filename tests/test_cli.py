@@ -160,7 +160,7 @@ async def test_collect_and_jobs(gmi, tmp_path, clips):
     assert code == 0, err
     assert Path(out.strip().splitlines()[-1].split(" ", 1)[1]).read_bytes() == clips[("16:9", True)].read_bytes()
     code, out, err = await cli("collect", "0123456789abcdef", "--out", str(tmp_path), env=environment(gmi, tmp_path))
-    assert code == 1 and "no request '0123456789abcdef'" in err
+    assert code == 2 and "no request '0123456789abcdef'" in err
     code, out, err = await cli("jobs", env=environment(gmi, tmp_path))
     assert code == 0 and rid in out and "saved" in out and gmi.post_bodies == []
 

@@ -376,7 +376,7 @@ def test_a_lone_surrogate_in_the_prompt_is_refused_in_one_line():
 async def test_one_takes_os_error_leaves_the_batch_summary(gmi, tmp_path):
     out_dir = tmp_path / "o"
     out_dir.mkdir()
-    (out_dir / "kling-v3-text-to-video_rid-bad-0002_frames").write_text("a file where the frames folder goes")
+    (out_dir / "bad_kling-v3-text-to-video_rid-bad-0002_frames").write_text("a file where the frames folder goes")
     batch = tmp_path / "b.jsonl"
     batch.write_text('{"name": "good", "prompt": "a"}\n{"name": "bad", "prompt": "b"}\n')
     gmi.finish_on_post, gmi.next_ids = True, ["rid-good-0001", "rid-bad-0002"]
