@@ -153,6 +153,7 @@ class GMIClient:
         self.clock = clock
         self.rng = rng or random.Random()
         self.governor = governor
+        self.on_wait: Callable[[str], None] | None = None  # told, in a line, why a read is waiting
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> "GMIClient":
@@ -178,6 +179,18 @@ class GMIClient:
                 self.governor.slow_down(retry_after)
             elif status < 400:
                 self.governor.went_well()
+
+    def _say_waiting(self, failure: BaseException, delay: float) -> None:
+        """Tells the user why nothing moves (a wait is never silent), through ``on_wait`` when a caller set one."""
+        if self.on_wait is None:
+            return
+        wait = f"{delay:.1f}" if delay < 10 else f"{delay:.0f}"
+        if isinstance(failure, RateLimitedError) and failure.status == 429:
+            self.on_wait(f"rate-limited by GMI, waiting {wait} s")
+        elif isinstance(failure, HTTPError):
+            self.on_wait(f"GMI answered HTTP {failure.status}; trying again in {wait} s")
+        else:
+            self.on_wait(f"GMI cannot be reached ({type(failure).__name__}); trying again in {wait} s")
 
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._key}", "Accept": "application/json"}
@@ -325,8 +338,10 @@ class GMIClient:
                     raise failure
                 raise GMIError(f"Could not read the status of request {request_id}: "
                                f"{self._clean(type(failure).__name__ + ': ' + str(failure))[:200]}. "
-                               "Queue again to re-attach; nothing new will be billed.") from None
+                               "The job is kept: run it again (queue the same inputs, or the same command) to "
+                               "re-attach; nothing new is billed.") from None
             log.info("GMI status %s: %s, retrying in %.1fs", request_id, type(failure).__name__, delay)
+            self._say_waiting(failure, delay)
             await self.sleep(delay)
 
     # --- media -------------------------------------------------------------------------------------------------

@@ -102,12 +102,17 @@ class JobRunner:
         """A job's remote part: one of the governor's places (when there is one), and a client session."""
         if self.governor is None:
             async with self.connect() as client:
+                client.on_wait = self._waiting
                 yield client
             return
         async with self.governor.job_slot():
             async with self.connect() as client:
                 client.governor = client.governor or self.governor
+                client.on_wait = self._waiting
                 yield client
+
+    def _waiting(self, text: str) -> None:
+        self.on_progress(Progress("waiting", text))
 
     async def _record(self, job: Job) -> None:
         # Shielded: a cancel arriving mid-write must not lose what was just learned (a request id, a file).
@@ -233,7 +238,8 @@ class JobRunner:
                     await self._fail(job, str(exc))
                     raise
                 log.info("GMI submit: HTTP %s, retrying in %.1fs", exc.status, delay)
-                self.on_progress(Progress("submitting", f"GMI is busy (HTTP {exc.status}); retrying in {delay:.0f}s"))
+                busy = "rate-limited by GMI" if exc.status == 429 else f"GMI is busy (HTTP {exc.status})"
+                self.on_progress(Progress("submitting", f"{busy}, waiting {delay:.0f} s"))
                 attempt += 1
                 await self.sleep(delay)
                 continue

@@ -64,12 +64,14 @@ class Reporter:
         self.unique_id = unique_id
         self.rehearsal = rehearsal
         self.request_id: str | None = None
+        self.percent = 0.0
         self.bar = comfy.utils.ProgressBar(100, node_id=unique_id)
 
     def __call__(self, event: Progress) -> None:
         self.request_id = event.request_id or self.request_id
+        self.percent = max(self.percent, percent_done(event))  # a bar never moves back (a wait, a retry)
         try:
-            self.bar.update_absolute(round(percent_done(event)), 100)
+            self.bar.update_absolute(round(self.percent), 100)
         except comfy.model_management.InterruptProcessingException:
             return  # the bar's hook raises on Cancel; reporting must never break the engine mid-step
         self.text(event.text)

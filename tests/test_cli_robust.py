@@ -121,3 +121,21 @@ def test_the_bar_never_moves_backwards():
     printer(Progress("processing", "processing at GMI, 70s: taking longer than usual", None, "r1"))
     last = stream.getvalue().strip().splitlines()[-1]
     assert printer.percent >= 66 and "longer than usual" in last and "  10%" not in last
+
+
+async def test_waiting_on_an_unreachable_or_busy_gmi_is_never_silent(gmi, fake_time, tmp_path):
+    from gmi_video_pack.gmi.errors import GMIError
+    from test_lifecycle import run
+
+    gmi.faults["status"] += ["reset"] * 3 + [{"status": 429, "body": {"error": "slow down"},
+                                              "headers": {"Retry-After": "7"}}]
+    events = []
+    await run(gmi, fake_time, tmp_path, events=events)
+    said = [e.text for e in events if e.stage == "waiting"]
+    assert len(said) >= 2 and "cannot be reached" in said[0] and "trying again in" in said[0]
+    assert said[-1] == "rate-limited by GMI, waiting 7.0 s"
+    gmi.faults["status"] += ["reset"] * 50
+    try:
+        await run(gmi, fake_time, tmp_path, take=1)
+    except GMIError as exc:
+        assert "run it again" in str(exc) and "Queue again" not in str(exc)
