@@ -1,14 +1,16 @@
-"""Which decoder to use: the ffmpeg binary (imageio-ffmpeg, the pack's choice) or PyAV, on the same clip.
+"""Each decoder the pack can use (the ffmpeg binary, PyAV), timed through the pack's own decode on the same clip.
 
-    python bench/decoders.py CLIP [--repeat 5]
+    python bench/decoders.py CLIP [--repeat 5] [--max-side S] [--every-nth K] [--max-frames N]
 
-Both decode into the same float32 tensor, whose pages are made present first, so the figures compare the decoders
-and not the cost of fresh memory (which bench/decode.py includes, and which on a VM varies from run to run).
-Needs PyAV installed (`pip install av`; every ComfyUI has it) for the second row.
+Each decoder is forced with GMI_DECODER, as a user would, and runs media.probe, media.decode_frames and
+media.decode_audio; runs alternate between decoders. Frames go into one float32 tensor whose pages are made present
+first, so the figures compare the decoders and not the cost of fresh memory (bench/decode.py includes that, and on a
+VM it varies from run to run). Every run's frames are checked equal to the first decoder's, byte for byte.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -23,48 +25,69 @@ from packimport import load_pack  # noqa: E402
 
 load_pack()
 
-from gmi_video_pack.gmi.media import decode_frames, probe  # noqa: E402
+from gmi_video_pack.gmi.errors import MediaError  # noqa: E402
+from gmi_video_pack.gmi.media import (DecodeOptions, decode_audio, decode_frames, decoder, plan_frames,  # noqa: E402
+                                      probe)
 
 
-def with_ffmpeg(path: Path, out: np.ndarray) -> int:
-    return decode_frames(path, probe(path), out)
+def available() -> dict[str, str]:
+    """GMI_DECODER value -> what it picks here, for each decoder that works."""
+    found = {}
+    for choice in ("ffmpeg", "pyav"):
+        os.environ["GMI_DECODER"] = choice
+        try:
+            found[choice] = str(decoder())
+        except MediaError as exc:
+            print(f"{choice}: not measured ({exc})")
+    return found
 
 
-def with_pyav(path: Path, out: np.ndarray) -> int:
-    import av
-
-    scale = np.float32(1.0 / 255.0)
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"  # H.264 decodes on one thread unless asked
-        done = 0
-        for frame in container.decode(stream):
-            if done == len(out):
-                break
-            np.multiply(frame.to_ndarray(format="rgb24"), scale, out=out[done])
-            done += 1
-    return done
+def run_once(clip: Path, out: np.ndarray, options: DecodeOptions) -> tuple[float, float, int]:
+    """Seconds for probe + frames, seconds for the audio, frames written."""
+    start = time.perf_counter()
+    info = probe(clip)
+    count = decode_frames(clip, info, out, options=options)
+    frames_done = time.perf_counter()
+    decode_audio(clip, info)
+    return frames_done - start, time.perf_counter() - frames_done, count
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("clip", type=Path)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--max-frames", type=int, default=0)
+    parser.add_argument("--every-nth", type=int, default=1)
+    parser.add_argument("--max-side", type=int, default=0)
     args = parser.parse_args()
+    options = DecodeOptions(max_frames=args.max_frames, every_nth=args.every_nth, max_side=args.max_side)
+    decoders = available()
+    if not decoders:
+        sys.exit("no decoder to measure")
+    os.environ["GMI_DECODER"] = next(iter(decoders))
     info = probe(args.clip)
-    out = np.ones((info.frame_count, info.height, info.width, 3), np.float32)  # pages present from here on
-    decoders = {"ffmpeg binary (imageio-ffmpeg)": with_ffmpeg, "PyAV": with_pyav}
-    times: dict[str, list[float]] = {name: [] for name in decoders}
+    plan = plan_frames(info, options)
+    out = np.ones(plan.shape, np.float32)  # pages present from here on
+    first = None
+    times: dict[str, list[tuple[float, float]]] = {choice: [] for choice in decoders}
     for _ in range(args.repeat):
-        for name, decode in decoders.items():
+        for choice in decoders:
+            os.environ["GMI_DECODER"] = choice
             out.fill(2.0)
-            start = time.perf_counter()
-            count = decode(args.clip, out)
-            times[name].append(time.perf_counter() - start)
-            assert count == info.frame_count and float(out.max()) <= 1.0, name
-    for name, values in times.items():
-        print(f"{name:32s} median {statistics.median(values):.2f}s  min {min(values):.2f}s  max {max(values):.2f}s "
-              f"({info.frame_count} frames {info.width}x{info.height})")
+            frames_s, audio_s, count = run_once(args.clip, out, options)
+            assert count == plan.count and float(out.max()) <= 1.0, choice
+            if first is None:
+                first = out.copy()
+            assert np.array_equal(out, first), f"{choice} decoded different frames"
+            times[choice].append((frames_s, audio_s))
+    print(f"clip {args.clip.name}: {plan.count} frames {plan.width}x{plan.height} "
+          f"({plan.nbytes / 2**20:.0f} MiB float32), {options}, median of {args.repeat}; frames equal on all")
+    for choice, runs in times.items():
+        frames = [f for f, _ in runs]
+        median = statistics.median(frames)
+        print(f"GMI_DECODER={choice:6s} {decoders[choice]:28s} frames {median:.2f}s = {plan.count / median:.0f} "
+              f"frames/s (min {min(frames):.2f}, max {max(frames):.2f}) | audio "
+              f"{statistics.median(a for _, a in runs):.3f}s")
 
 
 if __name__ == "__main__":
