@@ -1,30 +1,112 @@
-// GMI Cloud video nodes: frontend touches (take starts at "fixed"; the API key's settings panel).
+// GMI Cloud video nodes: frontend touches (the price estimate on the node; take starts at "fixed"; the API key's
+// settings panel).
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 /* global LiteGraph */
 
 const PAID_NODES = { GMIKlingV3TextToVideo: "kling-v3-text-to-video" };
-let prices = null;
-api.fetchApi("/gmi_cloud/prices").then((r) => r.json()).then((table) => { prices = table; }).catch(() => {});
 
-// "≈ $1.26 for 5 s with sound" just above the node's title, left (the frontend's source badge sits on the right),
-// from its current widgets: the price before you pay.
+// The rates the estimate is made from (GET /gmi_cloud/prices: per model, per_second {on, off} and a `source`).
+// Loading starts at once; `init` waits for it (at most a few seconds), so nodes of the first workflow already
+// have it: the Vue renderer (Nodes 2.0) recomputes a badge only when a widget it read changes, not when this arrives.
+let prices = null;
+const pricesLoaded = api
+  .fetchApi("/gmi_cloud/prices")
+  .then((r) => (r.ok ? r.json() : null))
+  .then((table) => {
+    prices = table;
+  })
+  .catch(() => {});
+
+// "≈ $1.26 · estimate from reported rates", from the node's current widgets: the price before you pay. Short, so
+// that it fits the badge row of a 420-px node under Nodes 2.0 next to the source badge; the sum behind it is the
+// badge's tooltip there. GMI's own rate, when it states one, replaces the estimate at submit (the node's text says).
 function estimate(node) {
-  const rate = prices?.[PAID_NODES[node.comfyClass]]?.per_second;
   const value = (name) => node.widgets?.find((w) => w.name === name)?.value;
-  if (!rate) return "";
-  if (value("rehearse")) return "rehearsal: free";
+  // Read every widget first: the Vue renderer tracks what a badge read, and re-evaluates it when one of them changes.
+  const rehearse = value("rehearse");
   const seconds = Number(value("duration") ?? 5);
   const sound = value("sound") !== false;
-  const dollars = seconds * (sound ? rate.on : rate.off);
-  return `≈ $${dollars.toFixed(2)} for ${seconds} s${sound ? " with sound" : ""} (estimate)`;
+  if (rehearse) return { text: "rehearsal: free", detail: "a free local stand-in; nothing is sent to GMI" };
+  const entry = prices?.[PAID_NODES[node.comfyClass]];
+  const rate = entry?.per_second?.[sound ? "on" : "off"];
+  if (!rate || !Number.isFinite(seconds)) return { text: "", detail: "" };
+  const source = entry.source || "estimate";
+  const from = /estimate/i.test(source) ? source : `estimate, ${source}`;
+  const dollars = seconds * rate;
+  return {
+    text: `≈ $${dollars.toFixed(2)} · ${from}`,
+    detail: `${seconds} s × $${rate.toFixed(3)}/s ${sound ? "with" : "without"} sound = $${dollars.toFixed(2)} (${source})`,
+  };
 }
 
+const BADGE_COLORS = { fgColor: "#b5e8b5", bgColor: "#1d3a1d" };
+
+// The price as a node badge: a function the frontend calls again on every frame (classic canvas: drawn above the
+// title, after the source badge) and whenever a widget it read changes (Nodes 2.0: the badge row at the node's foot).
+// Badges are the one surface both renderers show; the Vue renderer never calls onDrawForeground.
+function addPriceBadge(node) {
+  const Badge = globalThis.LGraphBadge ?? globalThis.LiteGraph?.LGraphBadge;
+  if (!Badge || !Array.isArray(node.badges)) return false;
+  let text = null;
+  let badge = null;
+  const priceBadge = () => {
+    const now = node.flags?.collapsed ? { text: "", detail: "" } : estimate(node);
+    if (now.text !== text || badge.title !== now.detail) {
+      text = now.text;
+      badge = new Badge({ text, ...BADGE_COLORS });
+      badge.title = now.detail; // Nodes 2.0 passes it on to the badge's element: a hover tooltip
+    }
+    return badge;
+  };
+  node.badges.push(priceBadge);
+  // The Vue renderer skips the first badge (the frontend's own "#id source" one, pushed by its nodeCreated before
+  // ours). Should ours ever come first, keep it out of that place.
+  queueMicrotask(() => {
+    if (node.badges.indexOf(priceBadge) !== 0) return;
+    if (node.badges.length > 1) {
+      node.badges.splice(0, 1);
+      node.badges.push(priceBadge);
+    } else {
+      node.badges.unshift(new Badge({ text: "" }));
+    }
+  });
+  return true;
+}
+
+// Frontends without node badges: draw the same text just above the title, left (the source badge sits right).
+function drawPriceOnCanvas(node) {
+  const draw = node.onDrawForeground;
+  node.onDrawForeground = function (ctx) {
+    draw?.apply(this, arguments);
+    const { text } = estimate(this);
+    if (!text || this.flags?.collapsed) return;
+    ctx.save();
+    ctx.font = "12px sans-serif";
+    ctx.fillStyle = BADGE_COLORS.fgColor;
+    ctx.textAlign = "left";
+    ctx.fillText(text, 4, -LiteGraph.NODE_TITLE_HEIGHT - 6);
+    ctx.restore();
+  };
+}
+
+// Styled with ComfyUI's own colour variables (set by every palette, on old and new frontends alike): the newest
+// frontend no longer styles PrimeVue's button classes.
 function button(label, onClick) {
   const b = document.createElement("button");
+  b.type = "button";
   b.textContent = label;
-  b.className = "p-button p-component p-button-sm p-button-secondary";
-  b.style.marginLeft = "6px";
+  Object.assign(b.style, {
+    marginLeft: "4px",
+    padding: "3px 10px",
+    borderRadius: "6px",
+    border: "1px solid var(--border-color, #4e4e4e)",
+    background: "var(--comfy-input-bg, #222)",
+    color: "var(--input-text, #ddd)",
+    font: "inherit",
+    fontSize: "0.9em",
+    cursor: "pointer",
+  });
   b.addEventListener("click", onClick);
   return b;
 }
@@ -46,6 +128,7 @@ function keyPanel() {
   const status = document.createElement("span");
   status.style.marginLeft = "8px";
   status.style.opacity = "0.8";
+  status.style.fontSize = "0.9em";
 
   async function show(resp) {
     let body = {};
@@ -76,7 +159,11 @@ function keyPanel() {
     }),
     button("Test", async () => {
       status.textContent = "testing…";
-      await show(await post("/gmi_cloud/key/test"));
+      if (await show(await post("/gmi_cloud/key/test")) && status.textContent === "the key works") {
+        const saved = status.textContent;
+        await show(await api.fetchApi("/gmi_cloud/key"));
+        status.textContent = `${saved}: ${status.textContent}`;
+      }
     }),
     button("Forget", async () => show(await api.fetchApi("/gmi_cloud/key", { method: "DELETE" }))),
     status,
@@ -97,6 +184,13 @@ app.registerExtension({
       defaultValue: "",
     },
   ],
+  async init() {
+    await Promise.race([pricesLoaded, new Promise((resolve) => setTimeout(resolve, 3000))]);
+    if (!prices) {
+      // Late: the canvas redraws by itself; Vue nodes catch up at their next widget change.
+      pricesLoaded.then(() => app.graph?.setDirtyCanvas?.(true, true));
+    }
+  },
   // The frontend starts every control_after_generate widget at "randomize": on a paid node that would buy a new
   // video on every queue. A fresh node starts at "fixed"; a loaded workflow's saved value still wins.
   async nodeCreated(node) {
@@ -104,17 +198,6 @@ app.registerExtension({
     for (const widget of node.widgets ?? []) {
       if (widget.name === "control_after_generate") widget.value = "fixed";
     }
-    const draw = node.onDrawForeground;
-    node.onDrawForeground = function (ctx) {
-      draw?.apply(this, arguments);
-      const text = estimate(this);
-      if (!text || this.flags?.collapsed) return;
-      ctx.save();
-      ctx.font = "12px sans-serif";
-      ctx.fillStyle = "#8fd18f";
-      ctx.textAlign = "left";
-      ctx.fillText(text, 4, -LiteGraph.NODE_TITLE_HEIGHT - 6);
-      ctx.restore();
-    };
+    if (!addPriceBadge(node)) drawPriceOnCanvas(node);
   },
 });
