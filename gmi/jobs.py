@@ -29,6 +29,7 @@ from . import preflight, reconcile
 from .governor import Governor
 from .journal import Job, JobState, Journal  # noqa: F401  (re-exported: the lifecycle's records)
 from .media import verify_video
+from .media_plan import DecodeOptions
 from .models import CATALOGUE, ModelSpec, Price, check_request_id, parse_gmi_price
 from .budget import SpendCap  # noqa: F401  (re-exported)
 from .progress import PollPolicy, Progress, describe_wait, expected_seconds  # noqa: F401  (PollPolicy re-exported)
@@ -83,6 +84,7 @@ class JobRunner:
         self.on_progress = on_progress
         self.budget = budget
         self.governor = governor
+        self.frames_options: DecodeOptions | None = None  # set when frames will be decoded: memory is checked first
 
     TAKE_LOCK_RETRY_S = 0.5  # how often a run waiting on another process's run of the same take looks again
 
@@ -135,10 +137,18 @@ class JobRunner:
         self.on_progress(Progress("reused", f"reused saved video of request {job.request_id}", 1.0, job.request_id))
         return JobResult(job.request_id, path, reused=True)
 
-    async def _check_output(self, payload: dict, model_id: str) -> None:
+    async def _preflight(self, payload: dict, model_id: str) -> None:
+        """Before anything is paid or fetched: a decoder, room in the output folder, memory for linked frames."""
         spec = CATALOGUE.get(model_id)
         seconds = spec.seconds(payload) if spec is not None and payload else 15
-        await asyncio.to_thread(preflight.check_output_folder, self.output_dir, seconds)
+
+        def check() -> None:
+            preflight.check_decoder()
+            preflight.check_output_folder(self.output_dir, seconds)
+            if self.frames_options is not None and spec is not None and payload:
+                preflight.check_frames_fit(spec, payload, self.frames_options)
+
+        await asyncio.to_thread(check)
 
     async def run(self, spec: ModelSpec, payload: dict, take: int, *, timeout_s: float,
                   rehearse: bool = False, name: str | None = None) -> JobResult:
@@ -150,7 +160,7 @@ class JobRunner:
             job = await asyncio.to_thread(self.journal.get, key)
             if (reused := await self._saved(job)) is not None:
                 return reused
-            await self._check_output(payload, spec.model_id)  # before anything is paid or fetched
+            await self._preflight(payload, spec.model_id)
             if job is None or job.state is JobState.FAILED:
                 job = Job(key=key, model_id=spec.model_id, payload=payload, take=take, state=JobState.SUBMITTING,
                           rehearsal=rehearse)
@@ -173,7 +183,7 @@ class JobRunner:
             job = await asyncio.to_thread(self.journal.get, key) if known is not None else None
             if (reused := await self._saved(job)) is not None:
                 return reused
-            await self._check_output(job.payload if job is not None else {}, job.model_id if job else "")
+            await self._preflight(job.payload if job is not None else {}, job.model_id if job else "")
             async with self._remote() as client:
                 try:
                     remote = await client.status(request_id, deadline=deadline)

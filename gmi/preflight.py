@@ -1,6 +1,8 @@
 """Checks made before anything is paid for: a take that cannot be delivered must not be bought.
 
-Each failure is one InputError line that says how to fix it; nothing has been sent to GMI when it is raised.
+One preflight for the nodes and the command line: a decoder that works, an output folder that takes the MP4, and
+(when frames are wanted) memory for them. The key is checked by the client before its first request. Each failure is
+one line that says how to fix it; nothing has been sent to GMI when it is raised.
 """
 from __future__ import annotations
 
@@ -9,7 +11,10 @@ import shutil
 import uuid
 from pathlib import Path
 
-from .errors import InputError
+from . import media
+from .errors import InputError, MediaError, MemoryShortError
+from .media_plan import DecodeOptions, VideoInfo, available_memory, plan_frames
+from .models import ModelSpec
 
 MP4_BYTES_PER_SECOND = 4 << 20  # generous for Kling's 720p/1080p H.264 (a 15 s 720p clip is ~10-20 MB)
 
@@ -35,3 +40,27 @@ def check_output_folder(folder: Path, video_seconds: float) -> None:
     if free < need:
         raise InputError(f"The output folder {folder} has {free / 1e6:.0f} MB free; this video needs about "
                          f"{need / 1e6:.0f} MB. Free some space or choose another folder. Nothing was submitted.")
+
+
+def check_decoder() -> None:
+    """A decoder works here (the imageio-ffmpeg binary, an ffmpeg on PATH, or PyAV): the paid video can be read."""
+    try:
+        media.decoder()
+    except MediaError as exc:
+        raise InputError(f"{exc} Nothing was submitted.") from None
+
+
+def check_frames_fit(spec: ModelSpec, payload: dict, options: DecodeOptions, available: int | None = None) -> None:
+    """The frames the model will deliver, decoded with ``options``, fit in the memory free now."""
+    width, height = spec.frame_sizes.get(payload.get("aspect_ratio", "16:9"), max(spec.frame_sizes.values()))
+    seconds = spec.seconds(payload)
+    info = VideoInfo(width, height, spec.fps, int(round(seconds * spec.fps)) + 1, float(seconds))
+    plan = plan_frames(info, options)
+    available = available_memory() if available is None else available
+    need = plan.nbytes + (256 << 20)  # the tensor, plus staging and the audio
+    if available is not None and need > available:
+        gib = 1 << 30
+        raise MemoryShortError(
+            f"This video's frames ({plan.count} at {plan.width}x{plan.height}) need {need / gib:.1f} GiB but only "
+            f"{available / gib:.1f} GiB is free: set max_side (e.g. 640), max_frames or every_nth on the node, or "
+            "unlink its frames output. Nothing was submitted.")

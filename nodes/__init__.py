@@ -8,5 +8,6 @@ def node_list() -> list:
     from .text_to_video import GMIKlingV3TextToVideo
 
     host.register_routes()
+    host.warn_without_decoder()
 
     return [GMIKlingV3TextToVideo, GMICollectVideo]

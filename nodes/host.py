@@ -5,6 +5,7 @@ Imported only from comfy_entrypoint(), inside a running ComfyUI.
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import comfy.model_management
@@ -13,7 +14,8 @@ import folder_paths
 from comfy_api.latest import InputImpl, io, ui
 from server import PromptServer
 
-from ..gmi import connect, settings
+from ..gmi import connect, media, settings
+from ..gmi.errors import MediaError
 from ..gmi.progress import Progress, interrupted_text, percent_done
 from ..gmi.keys import KEY_FILE_NAME
 from .routes import key_routes
@@ -87,6 +89,14 @@ class Reporter:
         server = PromptServer.instance
         if self.unique_id is not None and server is not None:
             server.send_progress_text(text, self.unique_id, server.client_id)
+
+
+def warn_without_decoder() -> None:
+    """At start-up, one clear line in the log when no decoder works (every run would be refused before paying)."""
+    try:
+        media.decoder()
+    except MediaError as exc:
+        logging.getLogger("gmi").warning("GMI Cloud video nodes: %s", exc)
 
 
 def key_file() -> Path:

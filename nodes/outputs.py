@@ -35,9 +35,11 @@ async def run_and_output(node: type, job: str, options: DecodeOptions,
     """The shared body of the video nodes: run the job (Cancel-aware; against the free local stand-in when a
     rehearsal label is given), then build the outputs the graph uses."""
     reporter = host.Reporter(node.hidden.unique_id, rehearsal=rehearsal_label is not None)
-    async with host.open_runner(reporter, rehearsal_label) as runner:
-        result = await host.until_interrupted(start(runner), reporter)
     linked = linked_outputs(node.hidden.prompt, node.hidden.unique_id)
+    async with host.open_runner(reporter, rehearsal_label) as runner:
+        if linked is None or FRAMES in linked:
+            runner.frames_options = options  # the memory for the frames is checked before paying
+        result = await host.until_interrupted(start(runner), reporter)
     output = await node_output(result, linked, options, reporter)
     if linked is not None and not {FRAMES, AUDIO} <= linked:
         _partial_runs[job] = _partial_runs.get(job, 0) + 1
