@@ -28,6 +28,7 @@ from .errors import (DownloadError, GMIError, HTTPError, InputError, JobFailedEr
 from . import preflight, reconcile
 from .governor import Governor
 from .journal import Job, JobState, Journal  # noqa: F401  (re-exported: the lifecycle's records)
+from .images import StillImage, wire_payload
 from .media import verify_video
 from .media_plan import DecodeOptions
 from .models import CATALOGUE, ModelSpec, Price, check_request_id, parse_gmi_price
@@ -85,6 +86,7 @@ class JobRunner:
         self.budget = budget
         self.governor = governor
         self.frames_options: DecodeOptions | None = None  # set when frames will be decoded: memory is checked first
+        self.images: dict[str, StillImage] = {}  # image references of this run's payloads -> what goes on the wire
 
     TAKE_LOCK_RETRY_S = 0.5  # how often a run waiting on another process's run of the same take looks again
 
@@ -150,10 +152,12 @@ class JobRunner:
 
         await asyncio.to_thread(check)
 
-    async def run(self, spec: ModelSpec, payload: dict, take: int, *, timeout_s: float,
-                  rehearse: bool = False, name: str | None = None) -> JobResult:
+    async def run(self, spec: ModelSpec, payload: dict, take: int, *, timeout_s: float, rehearse: bool = False,
+                  name: str | None = None, images: list[StillImage] | tuple = ()) -> JobResult:
         """The saved video of this take, paying for it only if no earlier run already did. ``rehearse``: this runner
-        talks to the free stand-in (gmi.rehearsal), and the journal keeps the result apart from real takes."""
+        talks to the free stand-in (gmi.rehearsal), and the journal keeps the result apart from real takes.
+        ``images``: the stills the payload refers to (sent on the wire, never journaled)."""
+        self.images.update({image.ref: image for image in images})
         key = job_key(spec.model_id, payload, take, rehearse)
         deadline = self.clock() + timeout_s
         async with self._hold(key):
@@ -219,6 +223,7 @@ class JobRunner:
         return spec.estimate_price(payload, _gmi_rates[key])
 
     async def _submit(self, client: GMIClient, job: Job, deadline: float) -> RemoteJob:
+        wire_payload(job.payload, self.images)  # every image it refers to is at hand, before anything is recorded
         job.request_id = job.media_url = job.path = job.error = job.finished_at = None
         spec = CATALOGUE.get(job.model_id)
         price = await self.price(client, spec, job.payload) if spec is not None and not job.rehearsal else None
@@ -278,7 +283,7 @@ class JobRunner:
     async def _post(self, client: GMIClient, job: Job) -> tuple[RemoteJob, bool]:
         """One POST, carried to its answer even when this run is cancelled meanwhile (the answer says whether a paid
         job exists). Returns the answer and whether a cancel arrived during it."""
-        post = asyncio.ensure_future(client.submit(job.model_id, job.payload))
+        post = asyncio.ensure_future(client.submit(job.model_id, wire_payload(job.payload, self.images)))
         try:
             return await asyncio.shield(post), False
         except asyncio.CancelledError:
@@ -322,7 +327,8 @@ class JobRunner:
         others = {r.request_id for r in rows if r.request_id and r.key != job.key and not r.key.startswith("request:")}
         collected = {r.request_id for r in rows if r.request_id and r.key.startswith("request:")}
         verdict = reconcile.judge(listing, model_id=job.model_id, payload=job.payload, started=started,
-                                  lasted=client.timing.submit_timeout, others=others, collected=collected)
+                                  lasted=client.timing.submit_timeout, others=others, collected=collected,
+                                  images=self.images)
         if verdict.found is not None:
             log.info("GMI %s: found request %s for the lost submit of take %d", job.model_id,
                      verdict.found.request_id, job.take)

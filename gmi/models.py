@@ -4,12 +4,14 @@ A model is data (a ModelSpec); adding a sibling model is adding an entry, not co
 """
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InputError
+from .images import StillImage, ref_size
 
 
 @dataclass(frozen=True)
@@ -17,7 +19,7 @@ class Param:
     """One payload key: how the user's value is checked and how it is written on the wire."""
 
     name: str
-    kind: str  # "text" | "int" | "enum" | "switch"
+    kind: str  # "text" | "int" | "enum" | "switch" | "image" (a StillImage, kept in the payload as its reference)
     required: bool = False
     default: Any = None
     options: tuple[str, ...] = ()
@@ -25,6 +27,11 @@ class Param:
     max: int | None = None
     wire: str = "same"  # "same" | "str" (int sent as a string) | "on_off" (bool sent as "on"/"off")
     omit_empty: bool = False
+    input_name: str = ""  # the node input and CLI name when it differs from the payload key (image_tail: end_image)
+
+    @property
+    def label(self) -> str:
+        return self.input_name or self.name
 
     def check(self, value: Any) -> Any:
         """The wire value for ``value``; raises InputError naming this input and what is allowed."""
@@ -56,6 +63,16 @@ class Param:
             if value not in self.options:
                 raise InputError(f"{self.name}: {value!r} is not allowed; use one of {', '.join(self.options)}.")
             return value
+        if self.kind == "image":
+            if value is None:
+                if self.required:
+                    raise InputError(f"{self.label}: is not connected; connect an IMAGE (e.g. Load Image) to it.")
+                return None
+            if isinstance(value, StillImage):
+                return value.ref
+            if ref_size(value):
+                return value
+            raise InputError(f"{self.label}: is not an image.")
         if self.kind == "switch":
             if isinstance(value, str) and value in ("on", "off"):
                 value = value == "on"
@@ -96,6 +113,17 @@ class ModelSpec:
     def seconds(self, payload: dict) -> int:
         return int(payload.get("duration", 5))
 
+    def frame_size(self, payload: dict) -> tuple[int, int]:
+        """The delivered video's size: by aspect_ratio, or (no aspect input) the output aspect nearest to the first
+        image's, which is how an image-to-video model frames its first frame."""
+        if "aspect_ratio" in payload:
+            return self.frame_sizes[payload["aspect_ratio"]]
+        size = next((ref_size(v) for v in payload.values() if ref_size(v)), None)
+        if size is None:
+            return self.frame_sizes[next(iter(self.frame_sizes))]
+        ratio = math.log(size[0] / size[1])
+        return min(self.frame_sizes.values(), key=lambda wh: abs(math.log(wh[0] / wh[1]) - ratio))
+
     def has_sound(self, payload: dict) -> bool:
         return payload.get("sound", "on") == "on"
 
@@ -119,6 +147,7 @@ class ModelSpec:
 
     def build_payload(self, values: dict[str, Any]) -> dict[str, Any]:
         """The JSON payload GMI expects, from the user's values; refuses bad input before anything is paid."""
+        values = {self._wire_key(k): v for k, v in values.items()}
         unknown = set(values) - {p.name for p in self.params}
         if unknown:
             raise InputError(f"{self.model_id}: unknown input(s) {', '.join(sorted(unknown))}.")
@@ -129,6 +158,9 @@ class ModelSpec:
                 continue
             payload[p.name] = wire
         return payload
+
+    def _wire_key(self, name: str) -> str:
+        return next((p.name for p in self.params if p.input_name == name), name)
 
 
 KLING_V3_T2V = ModelSpec(
@@ -166,7 +198,27 @@ def parse_gmi_price(info: dict | None) -> float | None:
             return float(price)
     return None
 
-CATALOGUE: dict[str, ModelSpec] = {KLING_V3_T2V.model_id: KLING_V3_T2V}
+KLING_V3_I2V = ModelSpec(
+    model_id="kling-v3-image-to-video",
+    title="Kling v3 Image to Video",
+    params=(
+        Param("prompt", "text", required=True, max=2500),
+        Param("image", "image", required=True),
+        Param("image_tail", "image", omit_empty=True, input_name="end_image"),
+        Param("negative_prompt", "text", default="", max=2500, omit_empty=True),
+        Param("duration", "int", default=5, min=3, max=15, wire="str"),
+        Param("sound", "switch", default=True, wire="on_off"),
+    ),
+    # No aspect input: the video takes the output aspect nearest to the first image's (assumed from Kling's own
+    # behaviour; GMI documents no output size for this model).
+    frame_sizes={"16:9": (1280, 720), "9:16": (720, 1280), "1:1": (720, 720)},
+    fps=24.0,
+    # GMI states no price for it that we could confirm: the text-to-video rates, reported for Kling v3 in 2026.
+    price_per_second={False: 0.168, True: 0.252},
+    price_source="estimate from reported rates",
+)
+
+CATALOGUE: dict[str, ModelSpec] = {spec.model_id: spec for spec in (KLING_V3_T2V, KLING_V3_I2V)}
 
 
 def check_take(take: Any) -> int:

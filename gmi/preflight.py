@@ -52,7 +52,7 @@ def check_decoder() -> None:
 
 def check_frames_fit(spec: ModelSpec, payload: dict, options: DecodeOptions, available: int | None = None) -> None:
     """The frames the model will deliver, decoded with ``options``, fit in the memory free now."""
-    width, height = spec.frame_sizes.get(payload.get("aspect_ratio", "16:9"), max(spec.frame_sizes.values()))
+    width, height = spec.frame_size(payload)
     seconds = spec.seconds(payload)
     info = VideoInfo(width, height, spec.fps, int(round(seconds * spec.fps)) + 1, float(seconds))
     plan = plan_frames(info, options)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from .client import Listing, RemoteJob
+from .images import payload_matches
 
 SKEW = 120.0  # seconds of clock difference allowed between this machine and GMI
 MS_THRESHOLD = 1e11  # a unix time above this is in milliseconds (1e11 s is the year 5138)
@@ -42,7 +43,7 @@ def created_at(value: object) -> float | None:
 
 
 def judge(listing: Listing, *, model_id: str, payload: dict, started: float, lasted: float,
-          others: set[str], collected: set[str]) -> Verdict:
+          others: set[str], collected: set[str], images: dict | None = None) -> Verdict:
     """What ``listing`` says of a POST begun at ``started`` (unix s) that could have lasted ``lasted`` seconds.
     ``others``: ids other takes of the journal made (not ours); ``collected``: ids the user collected by hand."""
     first, last = started - SKEW, started + lasted + SKEW
@@ -61,7 +62,7 @@ def judge(listing: Listing, *, model_id: str, payload: dict, started: float, las
             candidates.append(job)
     complete = listing.total is not None and listing.total == len(listing.jobs)
     covered = not undated and listing.unreadable == 0 and (complete or reaches_back)
-    exact = [job for job in candidates if job.raw.get("payload") == payload]
+    exact = [job for job in candidates if payload_matches(job.raw.get("payload"), payload, images or {})]
     if len(exact) == 1:
         return Verdict(found=exact[0], candidates=[exact[0].request_id], covered=covered)
     if len(candidates) == 1 and candidates[0].request_id in collected:

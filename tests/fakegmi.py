@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import math
 import secrets
+import struct
 import time
 import uuid
 from collections import defaultdict
@@ -32,6 +35,56 @@ class FakeTime:
         self.slept.append(seconds)
         self.now += max(0.0, seconds)
         await asyncio.sleep(0)
+
+
+MODELS = {"kling-v3-text-to-video": {"prompt", "negative_prompt", "duration", "aspect_ratio", "sound"},
+          "kling-v3-image-to-video": {"prompt", "image", "image_tail", "negative_prompt", "duration", "sound"}}
+
+
+def image_size(text: object) -> tuple[int, int] | None:
+    """(width, height) of a Base64 PNG or JPEG, as GMI would read it; None when it is not one."""
+    try:
+        data = base64.b64decode(text, validate=True) if isinstance(text, str) else b""
+    except ValueError:
+        return None
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+        return struct.unpack(">II", data[16:24])
+    if data[:3] == b"\xff\xd8\xff":
+        return (0, 0)  # a JPEG: accepted, its size not read
+    return None
+
+
+def check_payload(model: str, payload: object) -> str | None:
+    """GMI's 400 text for a payload it would refuse, strictly: required keys, types, values, unknown keys."""
+    if not isinstance(payload, dict):
+        return "payload: must be an object"
+    unknown = set(payload) - MODELS[model]
+    if unknown:
+        return f"payload: unknown key(s) {', '.join(sorted(unknown))}"
+    if not isinstance(payload.get("prompt"), str) or not payload["prompt"].strip():
+        return "payload.prompt: required"
+    if "duration" in payload and payload["duration"] not in [str(n) for n in range(3, 16)]:
+        return "payload.duration: must be a string '3'..'15'"
+    if "sound" in payload and payload["sound"] not in ("on", "off"):
+        return "payload.sound: must be 'on' or 'off'"
+    if "aspect_ratio" in payload and payload["aspect_ratio"] not in ("16:9", "9:16", "1:1"):
+        return "payload.aspect_ratio: must be 16:9, 9:16 or 1:1"
+    if model == "kling-v3-image-to-video":
+        for key in ("image", "image_tail"):
+            if (key == "image" or key in payload) and image_size(payload.get(key)) is None:
+                return f"payload.{key}: must be a Base64 PNG or JPEG (no data: prefix)"
+    return None
+
+
+def output_aspect(payload: dict) -> str:
+    """The clip the fake answers with: the payload's aspect_ratio, or the one nearest the first image's."""
+    if "aspect_ratio" in payload:
+        return payload["aspect_ratio"]
+    width, height = image_size(payload.get("image")) or (16, 9)
+    if not width or not height:
+        return "16:9"
+    ratio = math.log(width / height)
+    return min(("16:9", "9:16", "1:1"), key=lambda a: abs(math.log(int(a.split(":")[0]) / int(a.split(":")[1])) - ratio))
 
 
 class FakeGMI:
@@ -65,7 +118,7 @@ class FakeGMI:
     # --- lifecycle --------------------------------------------------------------------------------------------
 
     async def start(self, api_port: int = 0, media_port: int = 0) -> None:
-        api = web.Application()
+        api = web.Application(client_max_size=64 << 20)  # two Base64 images of up to 10 MB each
         api.router.add_post(QUEUE + "/requests", self._submit)
         api.router.add_get(QUEUE + "/requests/{rid}", self._status)
         api.router.add_get(QUEUE + "/requests", self._list)
@@ -127,7 +180,7 @@ class FakeGMI:
                   "outcome": None, "created_at": job["created_at"], "updated_at": job["created_at"] + 1,
                   "queued_at": job["created_at"]}
         if job["status"] == "success":
-            aspect, sound = job["payload"].get("aspect_ratio", "16:9"), job["payload"].get("sound", "on") == "on"
+            aspect, sound = output_aspect(job["payload"]), job["payload"].get("sound", "on") == "on"
             media = job.setdefault("media", uuid.uuid4().hex)  # the media host's name for it, whatever the id
             record["outcome"] = {"thumbnail_image_url": f"{self.media_url}/media/{media}.jpg",
                                  "media_urls": [{"id": "0", "url": f"{self.media_url}/media/{media}.mp4"}],
@@ -150,8 +203,11 @@ class FakeGMI:
             return web.json_response({"error": "Invalid API key"}, status=401)
         if self.refuse_prompts_with and self.refuse_prompts_with in str(body.get("payload", {}).get("prompt")):
             return web.json_response({"error": "payload.prompt: content refused by moderation"}, status=400)
-        if body.get("model") != "kling-v3-text-to-video":
+        if body.get("model") not in MODELS:
             return web.json_response({"error": f"model {body.get('model')} not found"}, status=404)
+        problem = check_payload(body["model"], body.get("payload"))
+        if problem:
+            return web.json_response({"error": problem}, status=400)
         fetched = {path.rsplit("/", 1)[1].split(".")[0] for path, _ in self.media_requests}
         self.open_at_post.append(1 + sum(1 for j in self.jobs.values() if j.get("media") not in fetched))
         rid = self.next_ids.pop(0) if self.next_ids else uuid.uuid4().hex
