@@ -15,6 +15,7 @@ from test_lifecycle import make_runner, payload
 
 async def test_no_decoder_refuses_before_paying(gmi, fake_time, tmp_path, monkeypatch):
     monkeypatch.setenv("GMI_DECODER", "pyav")
+    monkeypatch.setenv("PATH", str(tmp_path))  # a PATH the choice has not been remembered for
     monkeypatch.setitem(sys.modules, "av", None)  # a ComfyUI without PyAV, forced to use it
     with pytest.raises(InputError) as err:
         await make_runner(gmi, fake_time, tmp_path).run(KLING_V3_T2V, payload(), 0, timeout_s=600)
