@@ -20,17 +20,19 @@ from pathlib import Path
 import numpy as np
 
 from . import connect
-from .errors import GMIError, InputError, JournalError, KeyMissingError, SpendCapError, UnrecordedJobError
+from .errors import (GMIError, InputError, JournalError, KeyMissingError, MediaError, SpendCapError,
+                     UnrecordedJobError)
 from .jobs import Journal, JobState
 from .keys import KEY_FILE_NAME
-from .media import decode_audio, ffmpeg_exe, probe, run_child
-from .models import KLING_V3_T2V, check_take, check_timeout_minutes
+from .media import decode_audio, ffmpeg_exe, probe, read_image, run_child
+from .images import StillImage, still_image
+from .models import CATALOGUE, KLING_V3_T2V, ModelSpec, check_take, check_timeout_minutes
 from .terminal import Printer, one_line
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 HOME = Path(os.environ.get("GMI_HOME", Path.home() / ".gmi_cloud")).absolute()
 ASPECTS = KLING_V3_T2V.param("aspect_ratio").options
-FLAGS = {"prompt": "--prompt", "negative_prompt": "--negative", "duration": "--duration", "aspect_ratio": "--aspect",
+FLAGS = {"image": "--image", "end_image": "--end-image", "model": "--model", "prompt": "--prompt", "negative_prompt": "--negative", "duration": "--duration", "aspect_ratio": "--aspect",
          "sound": "--sound", "take": "--take", "timeout_minutes": "--timeout-minutes", "request_id": "REQUEST_ID"}
 
 
@@ -41,19 +43,36 @@ class Take:
     name: str
     payload: dict
     take: int
+    spec: ModelSpec = KLING_V3_T2V
+    images: tuple[StillImage, ...] = ()
 
 
-def parse_take(values: dict, name: str) -> Take:
-    known = {"prompt", "negative_prompt", "duration", "aspect_ratio", "sound", "take", "name"}
-    unknown = set(values) - known
+def parse_take(values: dict, name: str, folder: Path = Path(".")) -> Take:
+    """A job from its fields (a batch line, or generate's flags): the model's own inputs from the catalogue, image
+    files (relative to ``folder``) read and checked before anything is paid."""
+    spec = CATALOGUE.get(values.get("model") or KLING_V3_T2V.model_id)
+    if spec is None:
+        raise InputError(f"model: {values.get('model')!r} is not one the pack knows; use one of "
+                         f"{', '.join(CATALOGUE)}.")
+    inputs = {p.label for p in spec.params}
+    known = inputs | {"take", "name", "model"}
+    unknown = {k for k, v in values.items() if v is not None} - known
     if unknown:
-        raise InputError(f"{name}: unknown field(s) {', '.join(sorted(unknown))}; use {', '.join(sorted(known))}.")
-    sound = values.get("sound", True)
-    payload = KLING_V3_T2V.build_payload({"prompt": values.get("prompt"),
-                                          "negative_prompt": values.get("negative_prompt", ""),
-                                          "duration": values.get("duration", 5),
-                                          "aspect_ratio": values.get("aspect_ratio", "16:9"), "sound": sound})
-    return Take(str(values.get("name") or name), payload, check_take(values.get("take", 0)))
+        raise InputError(f"{name}: {', '.join(sorted(unknown))} is not an input of {spec.model_id}; use "
+                         f"{', '.join(sorted(known))}.")
+    fields = {k: v for k, v in values.items() if k in inputs}
+    images = []
+    for param in spec.params:
+        if param.kind == "image" and fields.get(param.label) is not None:
+            file = folder / str(fields[param.label])
+            try:
+                image = still_image(read_image(file), param.label)
+            except MediaError as exc:
+                raise InputError(f"{param.label}: {file} cannot be read as a picture ({exc}).") from None
+            fields[param.label] = image
+            images.append(image)
+    return Take(str(values.get("name") or name), spec.build_payload(fields), check_take(values.get("take", 0)), spec,
+                tuple(images))
 
 
 def open_runner(args, printer: Printer, rehearsal_label: str | None = None):
@@ -66,8 +85,8 @@ async def run_take(args, take: Take, printer: Printer, name: str | None = None):
     timeout_s = check_timeout_minutes(args.timeout_minutes) * 60
     try:
         async with open_runner(args, printer, f"take {take.take}" if args.rehearse else None) as runner:
-            return await runner.run(KLING_V3_T2V, take.payload, take.take, timeout_s=timeout_s,
-                                    rehearse=args.rehearse, name=name)
+            return await runner.run(take.spec, take.payload, take.take, timeout_s=timeout_s,
+                                    rehearse=args.rehearse, name=name, images=take.images)
     finally:
         printer.close()
 
@@ -103,8 +122,10 @@ def write_extras(args, video: Path) -> list[Path]:
 
 async def cmd_generate(args) -> int:
     try:
-        take = parse_take({"prompt": args.prompt, "negative_prompt": args.negative, "duration": args.duration,
-                           "aspect_ratio": args.aspect, "sound": args.sound == "on", "take": args.take}, "generate")
+        take = await asyncio.to_thread(parse_take, {
+            "model": args.model, "prompt": args.prompt, "negative_prompt": args.negative, "duration": args.duration,
+            "aspect_ratio": args.aspect, "sound": args.sound == "on", "take": args.take, "image": args.image,
+            "end_image": args.end_image}, "generate")
         check_timeout_minutes(args.timeout_minutes)
     except InputError as exc:
         raise with_flag_names(exc) from None
@@ -133,7 +154,7 @@ def read_batch(path: Path) -> list[Take]:
         if not isinstance(values, dict):
             raise InputError(f"{path.name} line {number}: expected an object like {{\"prompt\": \"...\"}}.")
         try:
-            take = parse_take(values, f"line{number}")
+            take = parse_take(values, f"line{number}", path.parent)
         except InputError as exc:
             raise InputError(f"{path.name} line {number}: {exc}") from None
         if take.name in names:
@@ -233,11 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--png", action="store_true", help="also write every frame as PNG, in a folder next to the MP4")
 
     gen = sub.add_parser("generate", parents=[journal], help="one video; prints the request id first, the path last")
+    gen.add_argument("--model", default=KLING_V3_T2V.model_id, choices=list(CATALOGUE),
+                     help=f"the GMI model (default {KLING_V3_T2V.model_id})")
     gen.add_argument("--prompt", required=True, help="what happens in the video (1-2500 characters)")
+    gen.add_argument("--image", metavar="FILE", help="image to video: the first frame (PNG or JPEG)")
+    gen.add_argument("--end-image", metavar="FILE", help="image to video: the last frame (optional)")
     gen.add_argument("--negative", default="", metavar="TEXT", help="what to avoid (default: nothing)")
     gen.add_argument("--duration", type=int, default=5, metavar="SECONDS", help="3-15 seconds; the price is per "
                      "second (default 5)")
-    gen.add_argument("--aspect", default="16:9", choices=ASPECTS, help="aspect ratio (default 16:9)")
+    gen.add_argument("--aspect", default=None, choices=ASPECTS,
+                     help="text to video's aspect ratio (default 16:9; image to video follows the image)")
     gen.add_argument("--sound", choices=["on", "off"], default="on", help="a synchronized soundtrack (default on)")
     gen.add_argument("--take", type=int, default=0, metavar="N",
                      help="same take of the same inputs = the same paid video, reused; a new N pays again (default 0)")
@@ -245,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     batch = sub.add_parser("batch", parents=[journal],
                            help="one job per JSON line; running the file again collects what exists")
     batch.add_argument("file", type=Path, help="JSONL, one object per line: prompt (required), negative_prompt, "
-                       "duration, aspect_ratio, sound (true/false), take, name (used in the file name)")
+                       "duration, aspect_ratio, sound (true/false), take, name (used in the file name); for image "
+                       "to video also model, image and end_image (files beside the batch file)")
     batch.add_argument("--concurrency", type=int, default=4, metavar="N", help="jobs at once (default 4)")
     job_options(batch)
     collect = sub.add_parser("collect", parents=[journal], help="fetch an existing request's video; submits nothing")

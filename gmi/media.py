@@ -228,3 +228,13 @@ def decode_clip(path: Path, *, frames: bool = True, audio: bool = True, options:
         if sound is not None:
             clip.audio = sound.result()
     return clip
+
+
+def read_image(path: Path) -> np.ndarray:
+    """A still (PNG, JPEG, …) as ComfyUI's IMAGE batch of one, float32 [1, H, W, 3] in 0..1, with the same decoder as
+    the videos; MediaError, one line, when it is not a picture."""
+    path = Path(path)
+    info = probe(path)
+    out = np.empty((1, info.height, info.width, 3), np.float32)
+    decode_frames(path, info, out, options=DecodeOptions(max_frames=1))
+    return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,3 +130,19 @@ def test_the_output_size_follows_the_image_aspect():
                            ((1000, 560), (1280, 720))]:
         payload, _ = i2v_payload(picture(*size))
         assert KLING_V3_I2V.frame_size(payload) == expected
+
+
+async def test_the_command_line_animates_an_image_file(gmi, tmp_path, clips):
+    from test_cli_robust import cli_in, environment
+
+    (tmp_path / "first.png").write_bytes(png_bytes((picture(360, 640)[0] * 255).round().astype(np.uint8)))
+    gmi.finish_on_post = True
+    code, out, err = await cli_in(tmp_path, "generate", "--model", "kling-v3-image-to-video", "--image", "first.png",
+                                  "--prompt", "the fox turns", "--duration", "3", "--out", "o",
+                                  env=environment(gmi, tmp_path))
+    assert code == 0, err
+    assert Path(out.strip().splitlines()[-1].split(" ", 1)[1]).read_bytes() == clips[("9:16", True)].read_bytes()
+    assert gmi.post_bodies[0]["payload"]["image"] and "aspect_ratio" not in gmi.post_bodies[0]["payload"]
+    code, out, err = await cli_in(tmp_path, "generate", "--model", "kling-v3-image-to-video", "--image", "nope.png",
+                                  "--prompt", "x", "--out", "o", env=environment(gmi, tmp_path))
+    assert code == 2 and "--image" in err and err.count("\n") == 1 and len(gmi.post_bodies) == 1
