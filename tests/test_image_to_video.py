@@ -146,3 +146,25 @@ async def test_the_command_line_animates_an_image_file(gmi, tmp_path, clips):
     code, out, err = await cli_in(tmp_path, "generate", "--model", "kling-v3-image-to-video", "--image", "nope.png",
                                   "--prompt", "x", "--out", "o", env=environment(gmi, tmp_path))
     assert code == 2 and "--image" in err and err.count("\n") == 1 and len(gmi.post_bodies) == 1
+
+
+@pytest.mark.parametrize("decoder", ["ffmpeg", "pyav"])
+async def test_a_rehearsal_starts_on_the_image_and_eases_into_the_end_frame(tmp_path, monkeypatch, decoder):
+    from gmi_video_pack.gmi.client import GMIClient
+    from gmi_video_pack.gmi.jobs import JobRunner, PollPolicy
+    from gmi_video_pack.gmi.media import decode_clip
+    from gmi_video_pack.gmi.media_plan import DecodeOptions
+    from gmi_video_pack.gmi.rehearsal import REHEARSAL_KEY, RehearsalQueue
+
+    monkeypatch.setenv("GMI_DECODER", decoder)
+    red, blue = np.zeros((1, 640, 360, 3), np.float32), np.zeros((1, 640, 360, 3), np.float32)
+    red[..., 0], blue[..., 2] = 0.9, 0.9
+    payload, images = i2v_payload(red, blue, duration=3, sound=False)
+    async with RehearsalQueue("take 0") as queue:
+        runner = JobRunner(Journal(tmp_path / "jobs.sqlite3"), lambda: GMIClient(queue.base_url, REHEARSAL_KEY),
+                           tmp_path / "out", poll=PollPolicy(first=0.05, cap=0.05))
+        result = await runner.run(KLING_V3_I2V, payload, 0, timeout_s=120, rehearse=True, images=images)
+    clip = decode_clip(result.path, audio=False, options=DecodeOptions(max_side=128))
+    assert (clip.info.width, clip.info.height) == (720, 1280)  # portrait still: the 9:16 output
+    first, last = clip.frames[0].mean(axis=(0, 1)), clip.frames[-1].mean(axis=(0, 1))
+    assert first[0] > 0.7 > first[2] and last[2] > 0.7 > last[0]
