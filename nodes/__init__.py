@@ -5,9 +5,10 @@ from __future__ import annotations
 def node_list() -> list:
     from . import host
     from .collect import GMICollectVideo
+    from .image_to_video import GMIKlingV3ImageToVideo
     from .text_to_video import GMIKlingV3TextToVideo
 
     host.register_routes()
     host.warn_without_decoder()
 
-    return [GMIKlingV3TextToVideo, GMICollectVideo]
+    return [GMIKlingV3TextToVideo, GMIKlingV3ImageToVideo, GMICollectVideo]

@@ -68,6 +68,14 @@ def schema_outputs(request_id_output: str = "request_id") -> list:
     ]
 
 
+def rehearse_input() -> io.Boolean.Input:
+    return io.Boolean.Input("rehearse", default=False, optional=True, label_on="rehearsal (free)",
+                            label_off="real (paid)",
+                            tooltip="Rehearsal: a free local stand-in returns a test clip of exactly the size, frame "
+                                    "rate, length and sound the real job would give, so the rest of the graph can be "
+                                    "built and checked without a key or spending.")
+
+
 def decode_inputs() -> list:
     """Optional inputs that shape the decoded frames (the saved MP4 is always whole)."""
     return [

@@ -16,6 +16,39 @@ def _payload_and_take(prompt, negative_prompt, duration, aspect_ratio, sound, ta
     return payload, check_take(take)
 
 
+def common_inputs(aspect: bool = True) -> list:
+    """The inputs the Kling v3 nodes share, in their saved-workflow order (aspect only where the model takes one)."""
+    return [
+        io.String.Input("prompt", multiline=True, default="",
+                        tooltip="What happens in the video: scene, subject, action, camera. 1-2500 characters."),
+        io.String.Input("negative_prompt", multiline=True, default="", tooltip="What to avoid. Leave empty for none."),
+        io.Int.Input("duration", default=5, min=3, max=15, step=1,
+                     tooltip="Length of the video in seconds (3-15). The price is per second."),
+        *([io.Combo.Input("aspect_ratio", options=list(KLING_V3_T2V.param("aspect_ratio").options), default="16:9",
+                          tooltip="16:9 landscape (1280x720), 9:16 vertical, 1:1 square.")] if aspect else []),
+        io.Boolean.Input("sound", default=True, label_on="on", label_off="off",
+                         tooltip="Generate a synchronized soundtrack (costs more)."),
+        io.Int.Input("take", default=0, min=0, max=0xFFFFFFFF, control_after_generate=True,
+                     tooltip="Same take of the same inputs = the same paid video, reused. Another take = a new paid "
+                             "generation. Keep the control on 'fixed' to avoid paying on every queue."),
+    ]
+
+
+def check_constants(spec, take=None, timeout_minutes=None, **values) -> bool | str:
+    """validate_inputs for a Kling node: each constant input checked (linked ones arrive as None; execute checks
+    them again with their real values)."""
+    checks = [(value, spec.param(name).check) for name, value in values.items()]
+    checks += [(take, check_take), (timeout_minutes, check_timeout_minutes)]
+    for value, check in checks:
+        if value is None:
+            continue
+        try:
+            check(value)
+        except GMIError as exc:
+            return str(exc)
+    return True
+
+
 def timeout_input() -> io.Int.Input:
     return io.Int.Input("timeout_minutes", default=30, min=1, max=1440, optional=True,
                         tooltip="Stop waiting after this long; the job is kept and a later queue collects it.")
@@ -34,26 +67,10 @@ class GMIKlingV3TextToVideo(io.ComfyNode):
             **outputs.search_aliases("kling", "kling 3", "kling 3.0", "kling v3", "gmi", "gmi cloud", "text to video",
                                      "t2v", "video generation"),
             inputs=[
-                io.String.Input("prompt", multiline=True, default="",
-                                tooltip="What happens in the video: scene, subject, action, camera. 1-2500 characters."),
-                io.String.Input("negative_prompt", multiline=True, default="",
-                                tooltip="What to avoid. Leave empty for none."),
-                io.Int.Input("duration", default=5, min=3, max=15, step=1,
-                             tooltip="Length of the video in seconds (3-15). The price is per second."),
-                io.Combo.Input("aspect_ratio", options=list(KLING_V3_T2V.param("aspect_ratio").options),
-                               default="16:9", tooltip="16:9 landscape (1280x720), 9:16 vertical, 1:1 square."),
-                io.Boolean.Input("sound", default=True, label_on="on", label_off="off",
-                                 tooltip="Generate a synchronized soundtrack (costs more)."),
-                io.Int.Input("take", default=0, min=0, max=0xFFFFFFFF, control_after_generate=True,
-                             tooltip="Same take of the same inputs = the same paid video, reused. Another take = a new "
-                                     "paid generation. Keep the control on 'fixed' to avoid paying on every queue."),
+                *common_inputs(),
                 timeout_input(),
                 *outputs.decode_inputs(),
-                io.Boolean.Input("rehearse", default=False, optional=True, label_on="rehearsal (free)",
-                                 label_off="real (paid)",
-                                 tooltip="Rehearsal: a free local stand-in returns a test clip of exactly the size, "
-                                         "frame rate, length and sound the real job would give, so the rest of the "
-                                         "graph can be built and checked without a key or spending."),
+                outputs.rehearse_input(),
             ],
             outputs=outputs.schema_outputs(),
             hidden=[io.Hidden.unique_id, io.Hidden.prompt],
@@ -63,21 +80,8 @@ class GMIKlingV3TextToVideo(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, prompt=None, negative_prompt=None, duration=None, aspect_ratio=None, sound=None,
                         take=None, timeout_minutes=None, **_) -> bool | str:
-        # Linked inputs arrive as None here; execute checks them again with their real values.
-        checks = [(duration, KLING_V3_T2V.param("duration").check),
-                  (aspect_ratio, KLING_V3_T2V.param("aspect_ratio").check),
-                  (sound, KLING_V3_T2V.param("sound").check),
-                  (prompt, KLING_V3_T2V.param("prompt").check),
-                  (negative_prompt, KLING_V3_T2V.param("negative_prompt").check),
-                  (take, check_take), (timeout_minutes, check_timeout_minutes)]
-        for value, check in checks:
-            if value is None:
-                continue
-            try:
-                check(value)
-            except GMIError as exc:
-                return str(exc)
-        return True
+        return check_constants(KLING_V3_T2V, duration=duration, aspect_ratio=aspect_ratio, sound=sound, prompt=prompt,
+                               negative_prompt=negative_prompt, take=take, timeout_minutes=timeout_minutes)
 
     @classmethod
     def fingerprint_inputs(cls, prompt=None, negative_prompt=None, duration=None, aspect_ratio=None, sound=None,

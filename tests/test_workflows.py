@@ -11,12 +11,14 @@ HERE = Path(__file__).resolve().parent
 WORKFLOWS = sorted((HERE.parent / "workflows").rglob("*.json"))
 # Core node names of ComfyUI (../shared/comfyui-host.md) that the examples may use: none the newest marks deprecated.
 CORE = {"SaveVideo", "PreviewAudio", "SaveImage", "PreviewImage", "CreateVideo", "GetVideoComponents",
-        "SaveAnimatedWEBP", "Note", "MarkdownNote", "ImageScaleBy"}
+        "SaveAnimatedWEBP", "Note", "MarkdownNote", "ImageScaleBy", "LoadImage"}
 NEWEST = json.loads((HERE / "data" / "object_info_newest.json").read_text())["object_info"]
 THIRD_PARTY = {"VHS_VideoCombine": "VideoHelperSuite"}
 OURS = {"GMIKlingV3TextToVideo": ["prompt", "negative_prompt", "duration", "aspect_ratio", "sound", "take",
                                   "control_after_generate", "timeout_minutes", "max_frames", "every_nth",
-                                  "max_side", "rehearse"]}
+                                  "max_side", "rehearse"],
+        "GMIKlingV3ImageToVideo": ["prompt", "negative_prompt", "duration", "sound", "take", "control_after_generate",
+                                   "timeout_minutes", "max_frames", "every_nth", "max_side", "rehearse"]}
 
 
 def load(path: Path) -> dict:
@@ -45,7 +47,7 @@ def test_our_nodes_start_fixed_with_every_widget(path):
         values = dict(zip(OURS[node["type"]], node["widgets_values"]))
         assert len(node["widgets_values"]) == len(OURS[node["type"]])
         assert values["control_after_generate"] == "fixed", "a shared workflow must not re-bill on every queue"
-        assert values["aspect_ratio"] in ("16:9", "9:16", "1:1") and 3 <= values["duration"] <= 15
+        assert values.get("aspect_ratio", "16:9") in ("16:9", "9:16", "1:1") and 3 <= values["duration"] <= 15
         assert values["rehearse"] is True, "an example's first Run must be free: paid is the user's switch"
 
 
@@ -93,15 +95,16 @@ def test_core_examples_fit_the_newest_comfyui(path):
     assert all(s["format"] == "auto" and s["format.codec"] == "auto" for s in saves)
 
 
-def test_our_node_in_the_snapshot_is_our_node_today():
+@pytest.mark.parametrize("node", sorted(OURS))
+def test_our_node_in_the_snapshot_is_our_node_today(node):
     """The snapshot must be refreshed when our schema changes (tests/data/object_info_newest.json)."""
-    order = NEWEST["GMIKlingV3TextToVideo"]["input_order"]
-    assert order["required"] + order["optional"] == [n for n in OURS["GMIKlingV3TextToVideo"]
-                                                    if n != "control_after_generate"]
+    order = NEWEST[node]["input_order"]
+    widgets = [name for name in order["required"] + order["optional"] if name not in ("image", "end_image")]
+    assert widgets == [n for n in OURS[node] if n != "control_after_generate"]
 
 
 def test_the_examples_users_are_promised_are_there():
     names = {p.name for p in WORKFLOWS}
     assert {"Kling v3 text to video (GMI Cloud).json", "Kling v3 upscale the frames (GMI Cloud).json",
-            "Kling v3 two takes and a vertical (GMI Cloud).json",
+            "Kling v3 two takes and a vertical (GMI Cloud).json", "Kling v3 image to video (GMI Cloud).json",
             "Kling v3 into VHS Video Combine (GMI Cloud).json"} <= names

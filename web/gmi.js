@@ -4,7 +4,7 @@ import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 /* global LiteGraph */
 
-const PAID_NODES = { GMIKlingV3TextToVideo: "kling-v3-text-to-video" };
+const PAID_NODES = { GMIKlingV3TextToVideo: "kling-v3-text-to-video", GMIKlingV3ImageToVideo: "kling-v3-image-to-video" };
 
 // The rates the estimate is made from (GET /gmi_cloud/prices: per model, per_second {on, off} and a `source`).
 // Loading starts at once; `init` waits for it (at most a few seconds), so nodes of the first workflow already
