@@ -40,6 +40,10 @@ class Host:
         packs = {"gmi-cloud-video": ROOT}
         if os.environ.get("COMFYUI_VHS"):  # a VideoHelperSuite checkout, for the workflow that needs it
             packs["ComfyUI-VideoHelperSuite"] = Path(os.environ["COMFYUI_VHS"])
+        example = Path(COMFYUI_ROOT) / "input" / "example.png"  # Load Image's default, for the image example
+        if example.is_file() and not (base / "input" / "example.png").exists():
+            (base / "input").mkdir(parents=True, exist_ok=True)
+            (base / "input" / "example.png").write_bytes(example.read_bytes())
         for name, source in packs.items():
             link = base / "custom_nodes" / name
             if not link.exists():
@@ -136,7 +140,7 @@ FIRST_EXAMPLE = "Kling v3 text to video (GMI Cloud).json"
 def paid(graph: dict) -> dict:
     """The examples open in rehearsal (free): these checks are about the paid path, against the fake GMI."""
     for node in graph.values():
-        if node["class_type"] == "GMIKlingV3TextToVideo":
+        if node["class_type"] in ("GMIKlingV3TextToVideo", "GMIKlingV3ImageToVideo"):
             node["inputs"]["rehearse"] = False
     return graph
 
@@ -349,3 +353,18 @@ async def test_videohelpersuite_workflow_runs(host, gmi):
     assert entry["status"]["status_str"] == "success", entry["status"]
     (combined,) = [o for o in entry["outputs"].values() if "gifs" in o]
     assert combined["gifs"][0]["filename"].endswith(".mp4") and len(gmi.created) == 1
+
+
+async def test_image_to_video_example_rehearses_free_then_pays_once(host, gmi):
+    info = await host.get("/object_info")
+    workflow = json.loads((ROOT / "workflows" / "Kling v3 image to video (GMI Cloud).json").read_text())
+    graph = to_api(workflow, info)
+    entry = await host.wait(await host.queue(graph))  # as shipped: rehearsal
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert gmi.api_requests == []
+    entry = await host.wait(await host.queue(paid(graph)))
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    (body,) = gmi.post_bodies
+    assert body["model"] == "kling-v3-image-to-video" and body["payload"]["image"].startswith("iVBOR")  # a PNG
+    entry = await host.wait(await host.queue(paid(graph)))  # queued again: reused, nothing new paid
+    assert entry["status"]["status_str"] == "success" and len(gmi.post_bodies) == 1
