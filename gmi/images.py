@@ -79,17 +79,23 @@ def png_bytes(rgb: np.ndarray) -> bytes:
             + chunk(b"IEND", b""))
 
 
+def pixel_ref(rgb: np.ndarray) -> str:
+    """The payload's reference to H x W x 3 uint8 pixels: their size and the digest of their values."""
+    height, width, _ = rgb.shape
+    digest = hashlib.sha256(struct.pack(">II", width, height) + rgb.tobytes()).hexdigest()
+    return f"image:{width}x{height}:{digest}"
+
+
 def still_image(pixels: np.ndarray, what: str = "image") -> StillImage:
     """The image checked against Kling's limits and encoded for the payload; one InputError line when it cannot be."""
     rgb = to_uint8(pixels)
     height, width, _ = rgb.shape
     check_size(width, height, what)
-    digest = hashlib.sha256(struct.pack(">II", width, height) + rgb.tobytes()).hexdigest()
     png = png_bytes(rgb)
     if len(png) > MAX_BYTES:
         raise InputError(f"{what}: is {len(png) / 1e6:.1f} MB as a lossless PNG, over Kling's 10 MB; scale it down "
                          f"(e.g. to 2048 px on the long side) and queue again.")
-    return StillImage(width, height, f"image:{width}x{height}:{digest}", base64.b64encode(png).decode("ascii"))
+    return StillImage(width, height, pixel_ref(rgb), base64.b64encode(png).decode("ascii"))
 
 
 def ref_size(value: object) -> tuple[int, int] | None:
