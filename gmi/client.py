@@ -171,7 +171,13 @@ class GMIClient:
     async def _turn(self) -> None:
         """Waits for this process's turn to ask GMI (the governor spaces all requests and pauses all on a 429)."""
         if self.governor is not None:
-            await self.governor.pace(self.sleep)
+            await self.governor.pace(self.sleep, self._held)
+
+    def _held(self, seconds: float) -> None:
+        """The governor holds this request for GMI's rate limit (a 429 seen by any job of this process): say so."""
+        if self.on_wait is not None:
+            self.on_wait(f"rate-limited by GMI, waiting {seconds:.1f} s" if seconds < 10 else
+                         f"rate-limited by GMI, waiting {seconds:.0f} s")
 
     def _heard(self, status: int, retry_after: float | None = None) -> None:
         if self.governor is not None:
@@ -331,8 +337,12 @@ class GMIClient:
                     failure: Exception = error
             except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
                 failure = exc
-            delay = backoff_delay(attempt, self.timing, retry_after, self.rng)
-            attempt += 1
+            # On a 429 the governor holds every request for GMI's Retry-After: a wait here would double it, and a
+            # rate limit is no fault of this read (the deadline bounds it, not the retry count).
+            governed = self.governor is not None and isinstance(failure, RateLimitedError) and failure.status == 429
+            delay = self.governor.pause_left() if governed else backoff_delay(attempt, self.timing, retry_after,
+                                                                                self.rng)
+            attempt += 0 if governed else 1
             if attempt > self.timing.status_retries or self.clock() + delay > deadline:
                 if isinstance(failure, GMIError):
                     raise failure
@@ -341,8 +351,9 @@ class GMIClient:
                                "The job is kept: run it again (queue the same inputs, or the same command) to "
                                "re-attach; nothing new is billed.") from None
             log.info("GMI status %s: %s, retrying in %.1fs", request_id, type(failure).__name__, delay)
-            self._say_waiting(failure, delay)
-            await self.sleep(delay)
+            if not governed:  # else the governor's pause holds the next read, and _held says so
+                self._say_waiting(failure, delay)
+                await self.sleep(delay)
 
     # --- media -------------------------------------------------------------------------------------------------
 

@@ -1,7 +1,10 @@
 """One process-wide policy for how much the pack asks of GMI at once, shared by every node and every event loop.
 
 ComfyUI runs each prompt on a new event loop, so nothing here is loop-bound: state sits behind a threading lock and
-each waiter parks on its own loop. Limits are requests per hour per organisation at GMI, so a 429 slows everyone.
+each waiter parks on its own loop. Limits are requests per hour per organisation at GMI, so a 429 pauses everyone:
+for exactly the Retry-After GMI sends, or, when it sends none, for a pause of the pack's own that doubles while 429s
+keep coming. Turns booked before the 429 are booked again after the pause; 429s answering requests sent before the
+pause began add nothing; and once the pause is over, requests go at the normal spacing at once.
 """
 from __future__ import annotations
 
@@ -12,8 +15,10 @@ from contextlib import asynccontextmanager
 from typing import AsyncIterator, Callable
 
 DEFAULT_MAX_JOBS = 4          # jobs in flight (submitted, not yet downloaded)
-DEFAULT_GAP = 0.25            # seconds between any two GMI API requests of this process
-MAX_GAP = 30.0
+DEFAULT_GAP = 0.25            # seconds between any two GMI API requests of this process: at most 14,400 an hour
+FIRST_PAUSE = 1.0             # a 429 without Retry-After pauses this long, doubling for each 429 in a row ...
+MAX_PAUSE = 60.0
+STREAK_S = 60.0               # ... where "in a row" means less than this many seconds after the previous pause
 
 
 class Waiters:
@@ -47,7 +52,6 @@ class Governor:
     def __init__(self, max_jobs: int = DEFAULT_MAX_JOBS, gap: float = DEFAULT_GAP,
                  clock: Callable[[], float] = time.monotonic):
         self.max_jobs = max_jobs
-        self.base_gap = gap
         self.gap = gap
         self.clock = clock
         self._lock = threading.Lock()
@@ -55,12 +59,19 @@ class Governor:
         self._waiters = Waiters()
         self._next_request = 0.0
         self._paused_until = 0.0
+        self._streak = 0              # pauses in a row (429s that started one, less than STREAK_S apart)
         self.peak_in_flight = 0
+        self.pauses = 0               # pauses GMI's 429s caused (figures for benches and logs)
 
     @property
     def paused_until(self) -> float:
         """No request of this process goes out before this time (the governor's clock)."""
         return self._paused_until
+
+    def pause_left(self) -> float:
+        """Seconds until GMI's rate limit lets this process ask again (0 when it is not rate-limited)."""
+        with self._lock:
+            return max(0.0, self._paused_until - self.clock())
 
     @asynccontextmanager
     async def job_slot(self) -> AsyncIterator[None]:
@@ -86,32 +97,50 @@ class Governor:
                 woken = self._waiters.take_all()
             Waiters.wake(woken)
 
-    def reserve_request(self) -> float:
-        """Books the next request time for the caller; returns how long it must wait first."""
+    def _book(self) -> tuple[float, bool]:
         with self._lock:
             now = self.clock()
             at = max(now, self._next_request, self._paused_until)
             self._next_request = at + self.gap
-            return at - now
+            return at - now, now < self._paused_until
 
-    async def pace(self, sleep: Callable[[float], "asyncio.Future"] = asyncio.sleep) -> None:
-        """Waits for this caller's turn to send a request to GMI."""
-        wait = self.reserve_request()
-        if wait > 0:
-            await sleep(wait)
+    def reserve_request(self) -> float:
+        """Books the next request time for the caller; returns how long it must wait first."""
+        return self._book()[0]
+
+    async def pace(self, sleep: Callable[[float], "asyncio.Future"] = asyncio.sleep,
+                   on_pause: Callable[[float], None] | None = None) -> None:
+        """Waits for this caller's turn to send a request to GMI. ``on_pause(seconds)`` is told whenever the wait is
+        GMI's rate limit (not mere spacing), so the caller can say "rate-limited by GMI, waiting N s"."""
+        while True:
+            wait, held = self._book()
+            if held and on_pause is not None:
+                on_pause(wait)
+            if wait > 0:
+                await sleep(wait)
+            with self._lock:
+                if self.clock() >= self._paused_until:
+                    return
+            # A 429 arrived while this caller slept: its turn fell inside the pause, so it books again after it.
 
     def slow_down(self, retry_after: float | None) -> None:
-        """GMI said 429: everyone waits (at least Retry-After), and requests are spaced twice as far for a while."""
+        """GMI said 429: everyone waits Retry-After, or a pause of the pack's own when GMI names none (1 s, doubling
+        for each pause in a row, up to MAX_PAUSE). A 429 during a pause answers a request sent before it began: it can
+        only make the pause longer when its own Retry-After says so."""
         with self._lock:
-            self.gap = min(MAX_GAP, max(self.gap * 2, self.base_gap))
-            pause = retry_after if retry_after is not None else self.gap
-            self._paused_until = max(self._paused_until, self.clock() + pause)
+            now = self.clock()
+            if now < self._paused_until:
+                if retry_after is not None:
+                    self._paused_until = max(self._paused_until, now + retry_after)
+                return
+            self._streak = min(self._streak + 1, 16) if now - self._paused_until < STREAK_S else 1
+            pause = retry_after if retry_after is not None else min(MAX_PAUSE, FIRST_PAUSE * 2 ** (self._streak - 1))
+            self._paused_until = now + pause
+            self.pauses += 1
 
     def went_well(self) -> None:
-        """A request succeeded: the spacing eases back towards normal."""
-        with self._lock:
-            if self.gap > self.base_gap:
-                self.gap = max(self.base_gap, self.gap * 0.9)
+        """A request succeeded. Nothing to undo: the spacing never widened, and the streak of pauses ends by itself
+        after STREAK_S of quiet (one success says little about an hourly window)."""
 
 
 def _wake(waiter: asyncio.Future) -> None:

@@ -248,15 +248,19 @@ class JobRunner:
             try:
                 remote, cancelled = await self._post(client, job)
             except RateLimitedError as exc:  # nothing was created: wait and try again, within the deadline
-                delay = backoff_delay(attempt, client.timing, exc.retry_after, client.rng)
+                # On a 429 the governor holds every request for GMI's Retry-After, and says so: no wait of our own.
+                governed = exc.status == 429 and client.governor is not None
+                delay = client.governor.pause_left() if governed else \
+                    backoff_delay(attempt, client.timing, exc.retry_after, client.rng)
                 if self.clock() + delay > deadline:
                     await self._fail(job, str(exc))
                     raise
                 log.info("GMI submit: HTTP %s, retrying in %.1fs", exc.status, delay)
-                busy = "rate-limited by GMI" if exc.status == 429 else f"GMI is busy (HTTP {exc.status})"
-                self.on_progress(Progress("submitting", f"{busy}, waiting {delay:.0f} s"))
-                attempt += 1
-                await self.sleep(delay)
+                if not governed:
+                    busy = "rate-limited by GMI" if exc.status == 429 else f"GMI is busy (HTTP {exc.status})"
+                    self.on_progress(Progress("submitting", f"{busy}, waiting {delay:.0f} s"))
+                    attempt += 1
+                    await self.sleep(delay)
                 continue
             except SubmitUnknownError as exc:
                 await self._mark_submit_unknown(job, str(exc))
@@ -352,11 +356,11 @@ class JobRunner:
     async def _wait(self, client: GMIClient, job: Job, deadline: float, known: RemoteJob | None = None) -> None:
         """Polls until GMI finishes the job. ``known``: a status just read (the POST's answer), so the first read
         waits one interval instead of asking again at once."""
-        started = self.clock()
         since = job.submit_started_at or self.wall_clock()  # elapsed counts from the submit, also after a re-attach
         spec = CATALOGUE.get(job.model_id)
-        eta = (await asyncio.to_thread(expected_seconds, self.journal, spec, job.payload))[0] \
-            if spec is not None and job.payload else None
+        eta, learned = (await asyncio.to_thread(expected_seconds, self.journal, spec, job.payload)) \
+            if spec is not None and job.payload else (None, False)
+        aim = eta if learned and not job.rehearsal else None  # read often only around a time seen here before
         strange = 0
         while True:
             remote, known = known or await client.status(job.request_id, deadline=deadline), None
@@ -379,7 +383,7 @@ class JobRunner:
                     f"Request {job.request_id} is still {remote.status} at GMI after the time limit. It is kept: "
                     f"queue the same inputs again (or raise timeout_minutes) to collect it without paying again.",
                     request_id=job.request_id)
-            await self.sleep(min(self.poll.interval(self.clock() - started), remaining))
+            await self.sleep(min(self.poll.interval(self.wall_clock() - since, aim), remaining))
 
     async def _finish(self, job: Job, remote: RemoteJob) -> None:
         """Records GMI's verdict. A success is paid whatever its outcome holds: it is kept as SUCCEEDED (collectable,

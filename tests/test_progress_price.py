@@ -23,11 +23,11 @@ async def test_first_job_uses_the_default_eta(gmi, fake_time, tmp_path):
 
 
 async def test_eta_is_learned_from_finished_jobs_of_the_same_duration_and_sound(gmi, fake_time, tmp_path):
-    for take, polls in enumerate([6, 8, 10]):  # 3 s polls from the submit: the jobs take 21, 27 and 33 s
-        gmi.polls_until_done = polls
-        await run(gmi, fake_time, tmp_path, take=take)
-    gmi.polls_until_done = 30
-    await run(gmi, fake_time, tmp_path, take=9, duration=10)  # another duration: a group of its own
+    journal = Journal(tmp_path / "user" / "jobs.sqlite3")
+    for take, seconds, duration in [(0, 21.0, 5), (1, 27.0, 5), (2, 33.0, 5), (9, 99.0, 10)]:  # 10 s: a group of its own
+        journal.record(Job(key=f"past-{take}", model_id=KLING_V3_T2V.model_id, payload=payload(duration=duration),
+                           take=take, state=JobState.SAVED, submit_started_at=1000.0 * take,
+                           finished_at=1000.0 * take + seconds))
     events = []
     gmi.polls_until_done = 20
     await run(gmi, fake_time, tmp_path, take=99, events=events)
