@@ -320,16 +320,16 @@ async def test_frames_linked_later_are_decoded_not_a_stale_placeholder(host, gmi
     assert len(gmi.post_bodies) == 1
 
 
-@pytest.mark.parametrize("name,saved", [("Kling v3 upscale the frames (GMI Cloud).json", 1),
-                                        ("Kling v3 two takes and a vertical (GMI Cloud).json", 3)])
-async def test_example_workflows_run_on_core_nodes(host, gmi, name, saved):
+@pytest.mark.parametrize("name,saved,folder", [("Kling v3 upscale the frames (GMI Cloud).json", 1, "video"),
+                                               ("Kling v3 two takes and a vertical (GMI Cloud).json", 3, "gmi")])
+async def test_example_workflows_run_on_core_nodes(host, gmi, name, saved, folder):
     info = await host.get("/object_info")
     workflow = json.loads((ROOT / "workflows" / name).read_text())
     graph = paid(to_api(workflow, info))  # every node type, input name and link checked against the real host
     entry = await host.wait(await host.queue(graph))
     assert entry["status"]["status_str"] == "success", entry["status"]
     videos = [o["images"][0] for o in entry["outputs"].values() if o.get("images") and o["images"][0].get(
-        "subfolder") == "video"]
+        "subfolder") == folder]
     assert len(videos) == saved and len(gmi.created) == saved
 
 
