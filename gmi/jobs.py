@@ -244,7 +244,8 @@ class JobRunner:
             job.state, job.submit_started_at = JobState.SUBMITTING, self.wall_clock()
             await self._record(job)  # before the POST: a crash during it is then known
             log.info("GMI %s: submitting take %d%s", job.model_id, job.take, cost)
-            self.on_progress(Progress("submitting", f"submitting to GMI{cost}", 0.0))
+            where = "the rehearsal stand-in" if job.rehearsal else "GMI"
+            self.on_progress(Progress("submitting", f"submitting to {where}{cost}", 0.0))
             try:
                 remote, cancelled = await self._post(client, job)
             except RateLimitedError as exc:  # nothing was created: wait and try again, within the deadline
@@ -375,7 +376,8 @@ class JobRunner:
                     "it cannot tell whether the job is running or done. It is kept: queue the same inputs again "
                     "later, or collect it by its id, without paying again.", request_id=job.request_id)
             stage = "queued" if remote.status in ("created", "queued") else "processing"
-            text, fraction = describe_wait(stage, self.wall_clock() - since, eta)
+            text, fraction = describe_wait(stage, self.wall_clock() - since, eta,
+                                           "the rehearsal stand-in" if job.rehearsal else "GMI")
             self.on_progress(Progress(stage, f"{text} (request {job.request_id})", fraction, job.request_id))
             remaining = deadline - self.clock()
             if remaining <= 0:

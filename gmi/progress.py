@@ -75,17 +75,18 @@ def expected_seconds(journal: Journal, spec: ModelSpec, payload: dict) -> tuple[
     return statistics.median(seen[:50]), True  # the newest 50: GMI's speed changes over time
 
 
-def describe_wait(stage: str, elapsed: float, eta: float | None) -> tuple[str, float | None]:
+def describe_wait(stage: str, elapsed: float, eta: float | None, where: str = "GMI") -> tuple[str, float | None]:
     """The text under the node while GMI works, and the bar's fraction of the wait."""
     def clock(seconds: float) -> str:
         seconds = int(seconds)
         return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
     if stage == "queued" or eta is None:
-        return f"{stage} at GMI, {clock(elapsed)}", None
+        return f"{stage} at {where}, {clock(elapsed)}", None
     if elapsed <= eta:
-        return f"processing at GMI, {clock(elapsed)} of about {clock(eta)}", min(0.95, elapsed / eta)
-    return f"processing at GMI, {clock(elapsed)}: taking longer than usual (usually about {clock(eta)})", None
+        return f"processing at {where}, {clock(elapsed)} of about {clock(eta)}", min(0.95, elapsed / eta)
+    # Past the estimate the bar keeps its place (0.95) and the text says so.
+    return f"processing at {where}, {clock(elapsed)}: taking longer than usual (usually about {clock(eta)})", 0.95
 
 
 def interrupted_text(request_id: str | None, rehearsal: bool = False) -> str:

@@ -47,10 +47,25 @@ def test_eta_follows_the_newest_jobs_when_gmi_has_slowed_down(tmp_path):
     assert expected_seconds(journal, KLING_V3_T2V, payload()) == (100.0, True)
 
 
-def test_wait_text_past_the_eta_never_shows_a_stuck_bar():
-    text, fraction = describe_wait("processing", 200, 120)
-    assert "taking longer than usual" in text and fraction is None
+def test_wait_text_past_the_eta_says_so_and_the_bar_keeps_its_place():
+    _, before = describe_wait("processing", 110, 120)
+    text, after = describe_wait("processing", 200, 120)
+    assert "taking longer than usual" in text and after >= before  # never back from 66 % to 10 %
     assert describe_wait("queued", 30, 120) == ("queued at GMI, 30s", None)
+
+
+async def test_a_rehearsal_never_says_gmi_while_it_runs(tmp_path):
+    from gmi_video_pack.gmi.client import GMIClient
+    from gmi_video_pack.gmi.jobs import JobRunner, PollPolicy
+    from gmi_video_pack.gmi.rehearsal import REHEARSAL_KEY, RehearsalQueue
+
+    events = []
+    async with RehearsalQueue("take 0") as queue:
+        runner = JobRunner(Journal(tmp_path / "jobs.sqlite3"), lambda: GMIClient(queue.base_url, REHEARSAL_KEY),
+                           tmp_path / "out", poll=PollPolicy(first=0.05, cap=0.05), on_progress=events.append)
+        await runner.run(KLING_V3_T2V, payload(duration=3, sound=False), 0, timeout_s=120, rehearse=True)
+    said = [e.text for e in events if e.stage in ("submitting", "queued", "processing")]
+    assert said and not [t for t in said if "GMI" in t] and any("rehearsal stand-in" in t for t in said)
 
 
 def test_price_from_the_table_with_and_without_sound():
