@@ -109,20 +109,6 @@ def test_cut_off_file_raises_or_gives_fewer_frames_never_garbage(tmp_path, clips
         assert np.array_equal(np.rint(frames * 255).astype(np.uint8), reference[: len(frames)])
 
 
-def test_stop_request_ends_decoding(clips):
-    info = probe(clips[("16:9", True)])
-    out = np.empty((info.frame_count, info.height, info.width, 3), np.float32)
-
-    class Stop(Exception):
-        pass
-
-    def check():
-        raise Stop()
-
-    with pytest.raises(Stop):
-        decode_frames(clips[("16:9", True)], info, out, check=check)
-
-
 def ffmpeg_filtered(path, vf, width, height) -> np.ndarray:
     raw = subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(path), "-vf", vf, "-fps_mode", "passthrough",
                           "-f", "rawvideo", "-pix_fmt", "rgb24", "-"], capture_output=True, check=True).stdout
