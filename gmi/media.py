@@ -126,7 +126,12 @@ def _decoder_for(choice: str, search_path: str | None) -> Decoder:
 def decoder() -> Decoder:
     """The decoder every decode uses, found on first use (GMI_DECODER forces one) and then remembered. Cheap enough
     for a preflight; raises MediaError, one line saying how to fix it, when there is none."""
-    return _decoder_for(os.environ.get(DECODER_ENV, ""), os.environ.get("PATH"))
+    found = _decoder_for(os.environ.get(DECODER_ENV, ""), os.environ.get("PATH"))
+    if found.path is not None and not os.path.exists(found.path):
+        # The binary went away while the process ran (imageio-ffmpeg updated or removed): choose again.
+        _decoder_for.cache_clear()
+        found = _decoder_for(os.environ.get(DECODER_ENV, ""), os.environ.get("PATH"))
+    return found
 
 
 @functools.lru_cache(maxsize=16)
@@ -139,7 +144,11 @@ def _binary_for(search_path: str | None) -> str:
 
 def ffmpeg_exe() -> str:
     """An ffmpeg binary for work beyond decoding (encoding, test clips): imageio-ffmpeg's, else one on PATH."""
-    return _binary_for(os.environ.get("PATH"))
+    path = _binary_for(os.environ.get("PATH"))
+    if not os.path.exists(path):  # removed while the process ran: look again
+        _binary_for.cache_clear()
+        path = _binary_for(os.environ.get("PATH"))
+    return path
 
 
 def probe(path: Path) -> VideoInfo:

@@ -303,3 +303,19 @@ def test_gmi_decoder_ffmpeg_without_a_binary_says_so(monkeypatch, tmp_path):
     with pytest.raises(MediaError, match="GMI_DECODER=ffmpeg but there is no working ffmpeg") as err:
         decoder()
     assert "\n" not in str(err.value)
+
+
+def test_a_binary_removed_while_running_is_replaced_by_what_is_there(tmp_path, monkeypatch):
+    import shutil
+
+    from gmi_video_pack.gmi import media as pack_media
+
+    binary = tmp_path / "bin" / "ffmpeg"
+    binary.parent.mkdir()
+    shutil.copy(pack_media.ffmpeg_exe(), binary)
+    monkeypatch.setenv("PATH", str(binary.parent))
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # only the PATH binary, then PyAV
+    monkeypatch.delenv("GMI_DECODER", raising=False)
+    assert pack_media.decoder().path == str(binary)
+    binary.unlink()  # e.g. an update removed it while ComfyUI ran
+    assert pack_media.decoder().backend is pack_media.Backend.PYAV
