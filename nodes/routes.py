@@ -41,6 +41,15 @@ def _same_host(origin: str, host: str | None) -> bool:
     return page.scheme in ("http", "https") and bool(page.host) and (page.host, page.port) == (server.host, server.port)
 
 
+def price_table(spec) -> dict:
+    """One model's per-second rates for the badge: with and without sound, and by mode where the model has modes."""
+    table = spec.price_per_second
+    if all(isinstance(key, bool) for key in table):
+        return {"per_second": {"on": table[True], "off": table[False]}, "source": spec.price_source}
+    modes = {mode: {"on": table[(mode, True)], "off": table[(mode, False)]} for mode, _ in table}
+    return {"per_second": next(iter(modes.values())), "by_mode": modes, "source": spec.price_source}
+
+
 def key_routes(key_file: Callable[[], Path], base_url: Callable[[], str]) -> web.RouteTableDef:
     """GET/POST/DELETE {PREFIX}/key and POST {PREFIX}/key/test. The key goes in, never out: answers carry only
     whether one is set, where from, and its last four characters. GET {PREFIX}/prices: the catalogue's rates."""
@@ -74,10 +83,7 @@ def key_routes(key_file: Callable[[], Path], base_url: Callable[[], str]) -> web
     @routes.get(PREFIX + "/prices")
     async def prices(request: web.Request) -> web.Response:
         # The table the node shows its estimate from (GMI's own rate, once learned, replaces it at submit).
-        return web.json_response({spec.model_id: {"per_second": {"on": spec.price_per_second[True],
-                                                                  "off": spec.price_per_second[False]},
-                                                   "source": spec.price_source}
-                                  for spec in CATALOGUE.values()})
+        return web.json_response({spec.model_id: price_table(spec) for spec in CATALOGUE.values()})
 
     @routes.post(PREFIX + "/key/test")
     async def test(request: web.Request) -> web.Response:

@@ -38,7 +38,9 @@ class FakeTime:
 
 
 MODELS = {"kling-v3-text-to-video": {"prompt", "negative_prompt", "duration", "aspect_ratio", "sound"},
-          "kling-v3-image-to-video": {"prompt", "image", "image_tail", "negative_prompt", "duration", "sound"}}
+          "kling-v3-image-to-video": {"prompt", "image", "image_tail", "negative_prompt", "duration", "sound"},
+          "kling-v3-omni": {"prompt", "negative_prompt", "mode", "aspect_ratio", "duration", "sound", "multi_shot",
+                            "shot_type", "multi_prompt", "image_list"}}
 
 
 def image_size(text: object) -> tuple[int, int] | None:
@@ -61,6 +63,8 @@ def check_payload(model: str, payload: object) -> str | None:
     unknown = set(payload) - MODELS[model]
     if unknown:
         return f"payload: unknown key(s) {', '.join(sorted(unknown))}"
+    if model == "kling-v3-omni" and payload.get("multi_shot") is True:
+        return check_storyboard(payload)
     if not isinstance(payload.get("prompt"), str) or not payload["prompt"].strip():
         return "payload.prompt: required"
     if "duration" in payload and payload["duration"] not in [str(n) for n in range(3, 16)]:
@@ -73,6 +77,27 @@ def check_payload(model: str, payload: object) -> str | None:
         for key in ("image", "image_tail"):
             if (key == "image" or key in payload) and image_size(payload.get(key)) is None:
                 return f"payload.{key}: must be a Base64 PNG or JPEG (no data: prefix)"
+    return None
+
+
+def check_storyboard(payload: dict) -> str | None:
+    """Kling's rules for a customised multi-shot job, as GMI would enforce them."""
+    shots = payload.get("multi_prompt")
+    if payload.get("shot_type") != "customize":
+        return "payload.shot_type: must be 'customize' with multi_prompt"
+    if not isinstance(shots, list) or not 1 <= len(shots) <= 6:
+        return "payload.multi_prompt: 1 to 6 shots"
+    for n, shot in enumerate(shots, 1):
+        if set(shot) != {"index", "prompt", "duration"} or shot["index"] != n:
+            return f"payload.multi_prompt[{n - 1}]: needs index {n}, prompt and duration"
+        if not isinstance(shot["prompt"], str) or not 0 < len(shot["prompt"]) <= 512:
+            return f"payload.multi_prompt[{n - 1}].prompt: 1-512 characters"
+        if not isinstance(shot["duration"], str) or not shot["duration"].isdigit() or int(shot["duration"]) < 1:
+            return f"payload.multi_prompt[{n - 1}].duration: a string of whole seconds, at least '1'"
+    if sum(int(s["duration"]) for s in shots) != int(payload.get("duration", "5")):
+        return "payload.multi_prompt: the shots' durations must add up to duration"
+    if payload.get("mode", "pro") not in ("std", "pro"):
+        return "payload.mode: std or pro"
     return None
 
 

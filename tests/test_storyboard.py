@@ -1,0 +1,68 @@
+"""Issue 15, the engine's part: Kling v3 Omni storyboards checked before paying, sent as Kling's multi_prompt, the same
+storyboard and take never paid twice, and each shot's place in the delivered frames."""
+from __future__ import annotations
+
+import pytest
+
+from gmi_video_pack.gmi.errors import InputError
+from gmi_video_pack.gmi.models import KLING_V3_OMNI
+from gmi_video_pack.gmi.storyboard import parse, spans
+from test_lifecycle import make_runner
+
+THREE = "2 | a fox wakes in its den\n3 | it steps into the snow\n# a note line\n\n2 | it runs toward the camera"
+
+
+def omni(board=THREE, **values):
+    return KLING_V3_OMNI.build_payload({"storyboard": board, **values})
+
+
+@pytest.mark.parametrize("count", [1, 3, 6])
+async def test_a_storyboard_of_1_3_or_6_shots_is_one_paid_job(gmi, fake_time, tmp_path, count):
+    seconds = [15] if count == 1 else [1 + (i % 2) for i in range(count)]
+    board = "\n".join(f"{s} | shot {i + 1} of {count}" for i, s in enumerate(seconds))
+    result = await make_runner(gmi, fake_time, tmp_path).run(KLING_V3_OMNI, omni(board, mode="pro"), 0, timeout_s=600)
+    (body,) = gmi.post_bodies
+    sent = body["payload"]
+    assert body["model"] == "kling-v3-omni" and sent["multi_shot"] is True and sent["shot_type"] == "customize"
+    assert [s["index"] for s in sent["multi_prompt"]] == list(range(1, count + 1))
+    assert sent["duration"] == str(sum(seconds)) and sent["mode"] == "pro" and sent["sound"] == "off"
+    assert result.path.is_file()
+
+
+@pytest.mark.parametrize("board,words", [
+    ("\n".join(f"2 | shot {i}" for i in range(7)), "use 1 to 6"),
+    ("3 | " + "x" * 513, "at most 512"),
+    ("8 | one\n8 | two", "3-15 s"),
+    ("0 | nothing\n3 | something", "at least 1 s"),
+    ("three | a fox", "whole number"),
+    ("a fox without seconds", "seconds | prompt"),
+])
+async def test_a_storyboard_kling_refuses_is_one_line_before_paying(gmi, fake_time, tmp_path, board, words):
+    with pytest.raises(InputError) as err:
+        await make_runner(gmi, fake_time, tmp_path).run(KLING_V3_OMNI, omni(board), 0, timeout_s=600)
+    assert words in str(err.value) and "\n" not in str(err.value) and gmi.api_requests == []
+
+
+async def test_the_same_storyboard_and_take_is_reused_after_a_restart(gmi, fake_time, tmp_path):
+    await make_runner(gmi, fake_time, tmp_path).run(KLING_V3_OMNI, omni(), 0, timeout_s=600)
+    again = await make_runner(gmi, fake_time, tmp_path).run(KLING_V3_OMNI, omni(THREE + "\n"), 0, timeout_s=600)
+    assert again.reused and len(gmi.post_bodies) == 1
+
+
+def test_shots_lie_where_their_seconds_put_them_in_the_real_frames():
+    board = omni()["multi_prompt"]
+    shots = spans(board, frame_count=169, fps=24.0)  # 7 s asked; the file has 169 frames, not 168
+    assert [s["first_frame"] for s in shots] == [0, 48, 120]
+    assert sum(s["frame_count"] for s in shots) == 169 and shots[-1]["end"] == pytest.approx(169 / 24)
+    assert shots[1]["prompt"] == "it steps into the snow" and shots[1]["start"] == 2.0
+
+
+def test_the_price_and_size_follow_mode_and_sound():
+    std, pro = omni(), omni(mode="pro", sound=True)
+    assert KLING_V3_OMNI.frame_size(std) == (1280, 720) and KLING_V3_OMNI.frame_size(pro) == (1920, 1080)
+    assert KLING_V3_OMNI.estimate_price(pro).amount > KLING_V3_OMNI.estimate_price(std).amount
+    assert "unconfirmed" in KLING_V3_OMNI.estimate_price(std).source
+
+
+def test_a_list_of_shots_reads_like_the_text():
+    assert parse([{"prompt": "a", "duration": 3}, {"prompt": "b", "duration": "2"}]) == parse("3 | a\n2 | b")
