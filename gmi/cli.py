@@ -32,8 +32,9 @@ from .terminal import Printer, one_line
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 HOME = Path(os.environ.get("GMI_HOME", Path.home() / ".gmi_cloud")).absolute()
 ASPECTS = KLING_V3_T2V.param("aspect_ratio").options
-FLAGS = {"image": "--image", "end_image": "--end-image", "model": "--model", "prompt": "--prompt", "negative_prompt": "--negative", "duration": "--duration", "aspect_ratio": "--aspect",
-         "sound": "--sound", "take": "--take", "timeout_minutes": "--timeout-minutes", "request_id": "REQUEST_ID"}
+FLAGS = {"image": "--image", "end_image": "--end-image", "model": "--model", "storyboard": "--storyboard",
+         "mode": "--mode", "prompt": "--prompt", "negative_prompt": "--negative", "duration": "--duration",
+         "aspect_ratio": "--aspect", "sound": "--sound", "take": "--take", "timeout_minutes": "--timeout-minutes", "request_id": "REQUEST_ID"}
 
 
 @dataclass
@@ -61,6 +62,8 @@ def parse_take(values: dict, name: str, folder: Path = Path(".")) -> Take:
         raise InputError(f"{name}: {', '.join(sorted(unknown))} is not an input of {spec.model_id}; use "
                          f"{', '.join(sorted(known))}.")
     fields = {k: v for k, v in values.items() if k in inputs}
+    if isinstance(fields.get("storyboard"), Path):  # generate --storyboard FILE: JSON shots, or 'seconds | prompt'
+        fields["storyboard"] = read_storyboard(fields["storyboard"])
     images = []
     for param in spec.params:
         if param.kind == "image" and fields.get(param.label) is not None:
@@ -89,6 +92,18 @@ async def run_take(args, take: Take, printer: Printer, name: str | None = None):
                                     rehearse=args.rehearse, name=name, images=take.images)
     finally:
         printer.close()
+
+
+def read_storyboard(path: Path):
+    """A storyboard file: a JSON list of {"prompt", "duration"}, or one 'seconds | prompt' line per shot."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"--storyboard: {path} cannot be read ({getattr(exc, 'strerror', None) or exc}).") from None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def with_flag_names(exc: InputError) -> InputError:
@@ -124,8 +139,8 @@ async def cmd_generate(args) -> int:
     try:
         take = await asyncio.to_thread(parse_take, {
             "model": args.model, "prompt": args.prompt, "negative_prompt": args.negative, "duration": args.duration,
-            "aspect_ratio": args.aspect, "sound": args.sound == "on", "take": args.take, "image": args.image,
-            "end_image": args.end_image}, "generate")
+            "aspect_ratio": args.aspect, "sound": None if args.sound is None else args.sound == "on", "take": args.take, "image": args.image,
+            "end_image": args.end_image, "storyboard": args.storyboard, "mode": args.mode}, "generate")
         check_timeout_minutes(args.timeout_minutes)
     except InputError as exc:
         raise with_flag_names(exc) from None
@@ -256,15 +271,19 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", parents=[journal], help="one video; prints the request id first, the path last")
     gen.add_argument("--model", default=KLING_V3_T2V.model_id, choices=list(CATALOGUE),
                      help=f"the GMI model (default {KLING_V3_T2V.model_id})")
-    gen.add_argument("--prompt", required=True, help="what happens in the video (1-2500 characters)")
+    gen.add_argument("--prompt", help="what happens in the video (1-2500 characters; not for a storyboard)")
     gen.add_argument("--image", metavar="FILE", help="image to video: the first frame (PNG or JPEG)")
     gen.add_argument("--end-image", metavar="FILE", help="image to video: the last frame (optional)")
-    gen.add_argument("--negative", default="", metavar="TEXT", help="what to avoid (default: nothing)")
-    gen.add_argument("--duration", type=int, default=5, metavar="SECONDS", help="3-15 seconds; the price is per "
+    gen.add_argument("--storyboard", type=Path, metavar="FILE",
+                     help="kling-v3-omni: the shots, one 'seconds | prompt' line each (or a JSON list)")
+    gen.add_argument("--mode", choices=["std", "pro"], help="kling-v3-omni: std 720p (default) or pro 1080p")
+    gen.add_argument("--negative", metavar="TEXT", help="what to avoid (default: nothing)")
+    gen.add_argument("--duration", type=int, metavar="SECONDS", help="3-15 seconds; the price is per "
                      "second (default 5)")
     gen.add_argument("--aspect", default=None, choices=ASPECTS,
                      help="text to video's aspect ratio (default 16:9; image to video follows the image)")
-    gen.add_argument("--sound", choices=["on", "off"], default="on", help="a synchronized soundtrack (default on)")
+    gen.add_argument("--sound", choices=["on", "off"],
+                     help="a synchronized soundtrack (default on; off for a storyboard)")
     gen.add_argument("--take", type=int, default=0, metavar="N",
                      help="same take of the same inputs = the same paid video, reused; a new N pays again (default 0)")
     job_options(gen)

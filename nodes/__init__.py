@@ -6,9 +6,10 @@ def node_list() -> list:
     from . import host
     from .collect import GMICollectVideo
     from .image_to_video import GMIKlingV3ImageToVideo
+    from .storyboard import GMIKlingV3OmniStoryboard, GMISelectShot
     from .text_to_video import GMIKlingV3TextToVideo
 
     host.register_routes()
     host.warn_without_decoder()
 
-    return [GMIKlingV3TextToVideo, GMIKlingV3ImageToVideo, GMICollectVideo]
+    return [GMIKlingV3TextToVideo, GMIKlingV3ImageToVideo, GMIKlingV3OmniStoryboard, GMISelectShot, GMICollectVideo]

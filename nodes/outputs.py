@@ -31,16 +31,18 @@ def fingerprint(job: str | None) -> str:
 
 async def run_and_output(node: type, job: str, options: DecodeOptions,
                          start: Callable[[JobRunner], Awaitable[JobResult]],
-                         rehearsal_label: str | None = None) -> io.NodeOutput:
+                         rehearsal_label: str | None = None,
+                         more: Callable[[int, float], tuple] | None = None) -> io.NodeOutput:
     """The shared body of the video nodes: run the job (Cancel-aware; against the free local stand-in when a
-    rehearsal label is given), then build the outputs the graph uses."""
+    rehearsal label is given), then build the outputs the graph uses; ``more(frame_count, fps)`` gives a node's own
+    outputs after the shared ones."""
     reporter = host.Reporter(node.hidden.unique_id, rehearsal=rehearsal_label is not None)
     linked = linked_outputs(node.hidden.prompt, node.hidden.unique_id)
     async with host.open_runner(reporter, rehearsal_label) as runner:
         if linked is None or FRAMES in linked:
             runner.frames_options = options  # the memory for the frames is checked before paying
         result = await host.until_interrupted(start(runner), reporter)
-    output = await node_output(result, linked, options, reporter)
+    output = await node_output(result, linked, options, reporter, more)
     if linked is not None and not {FRAMES, AUDIO} <= linked:
         _partial_runs[job] = _partial_runs.get(job, 0) + 1
     return output
@@ -110,7 +112,7 @@ async def decode(path: Path, need: set[int], options: DecodeOptions, reporter: h
 
 
 async def node_output(result: JobResult, linked: set[int] | None, options: DecodeOptions,
-                      reporter: host.Reporter) -> io.NodeOutput:
+                      reporter: host.Reporter, more: Callable[[int, float], tuple] | None = None) -> io.NodeOutput:
     """All outputs for a saved video, decoding only what a linked output needs (everything when the graph is unknown)."""
     path = result.path
     need = {FRAMES, AUDIO} if linked is None else linked & {FRAMES, AUDIO}
@@ -127,5 +129,6 @@ async def node_output(result: JobResult, linked: set[int] | None, options: Decod
     fps = info.fps / options.every_nth
     reporter.text(f"done: {path.name}, {frame_count} frames at {fps:g} fps"
                   + (" (reused, nothing paid)" if result.reused else ""))
+    extra = more(frame_count, fps) if more is not None else ()
     return io.NodeOutput(host.video_from_file(path), frames, audio, float(fps), frame_count, result.request_id,
-                         str(path), ui=host.video_preview(path))
+                         str(path), *extra, ui=host.video_preview(path))

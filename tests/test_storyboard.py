@@ -66,3 +66,18 @@ def test_the_price_and_size_follow_mode_and_sound():
 
 def test_a_list_of_shots_reads_like_the_text():
     assert parse([{"prompt": "a", "duration": 3}, {"prompt": "b", "duration": "2"}]) == parse("3 | a\n2 | b")
+
+
+async def test_the_command_line_generates_a_storyboard_from_a_file(gmi, tmp_path):
+    from test_cli_robust import cli_in, environment
+
+    (tmp_path / "shots.txt").write_text(THREE, encoding="utf-8")
+    gmi.finish_on_post = True
+    code, out, err = await cli_in(tmp_path, "generate", "--model", "kling-v3-omni", "--storyboard", "shots.txt",
+                                  "--mode", "pro", "--out", "o", env=environment(gmi, tmp_path))
+    assert code == 0, err
+    assert len(gmi.post_bodies[0]["payload"]["multi_prompt"]) == 3 and gmi.post_bodies[0]["payload"]["mode"] == "pro"
+    (tmp_path / "bad.txt").write_text("9 | one\n9 | two", encoding="utf-8")
+    code, _, err = await cli_in(tmp_path, "generate", "--model", "kling-v3-omni", "--storyboard", "bad.txt", "--out",
+                                "o", env=environment(gmi, tmp_path))
+    assert code == 2 and "3-15 s" in err and len(gmi.post_bodies) == 1

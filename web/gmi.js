@@ -4,7 +4,19 @@ import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 /* global LiteGraph */
 
-const PAID_NODES = { GMIKlingV3TextToVideo: "kling-v3-text-to-video", GMIKlingV3ImageToVideo: "kling-v3-image-to-video" };
+const PAID_NODES = {
+  GMIKlingV3TextToVideo: "kling-v3-text-to-video",
+  GMIKlingV3ImageToVideo: "kling-v3-image-to-video",
+  GMIKlingV3OmniStoryboard: "kling-v3-omni",
+};
+
+// A storyboard's length: the seconds of its "seconds | prompt" lines (notes and blank lines skipped).
+function storyboardSeconds(text) {
+  return String(text ?? "")
+    .split("\n")
+    .filter((line) => line.trim() && !line.trim().startsWith("#"))
+    .reduce((sum, line) => sum + Number(line.split("|")[0]), 0);
+}
 
 // The rates the estimate is made from (GET /gmi_cloud/prices: per model, per_second {on, off} and a `source`).
 // Loading starts at once; `init` waits for it (at most a few seconds), so nodes of the first workflow already
@@ -25,11 +37,14 @@ function estimate(node) {
   const value = (name) => node.widgets?.find((w) => w.name === name)?.value;
   // Read every widget first: the Vue renderer tracks what a badge read, and re-evaluates it when one of them changes.
   const rehearse = value("rehearse");
-  const seconds = Number(value("duration") ?? 5);
+  const board = value("storyboard");
+  const mode = value("mode");
+  const seconds = board !== undefined ? storyboardSeconds(board) : Number(value("duration") ?? 5);
   const sound = value("sound") !== false;
   if (rehearse) return { text: "rehearsal: free", detail: "a free local stand-in; nothing is sent to GMI" };
   const entry = prices?.[PAID_NODES[node.comfyClass]];
-  const rate = entry?.per_second?.[sound ? "on" : "off"];
+  const rates = (mode && entry?.by_mode?.[mode]) || entry?.per_second;
+  const rate = rates?.[sound ? "on" : "off"];
   if (!rate || !Number.isFinite(seconds)) return { text: "", detail: "" };
   const source = entry.source || "estimate";
   const from = /estimate/i.test(source) ? source : `estimate, ${source}`;
