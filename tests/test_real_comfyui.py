@@ -140,7 +140,7 @@ FIRST_EXAMPLE = "Kling v3 text to video (GMI Cloud).json"
 def paid(graph: dict) -> dict:
     """The examples open in rehearsal (free): these checks are about the paid path, against the fake GMI."""
     for node in graph.values():
-        if node["class_type"] in ("GMIKlingV3TextToVideo", "GMIKlingV3ImageToVideo"):
+        if node["class_type"] in ("GMIKlingV3TextToVideo", "GMIKlingV3ImageToVideo", "GMIKlingV3OmniStoryboard"):
             node["inputs"]["rehearse"] = False
     return graph
 
@@ -368,3 +368,25 @@ async def test_image_to_video_example_rehearses_free_then_pays_once(host, gmi):
     assert body["model"] == "kling-v3-image-to-video" and body["payload"]["image"].startswith("iVBOR")  # a PNG
     entry = await host.wait(await host.queue(paid(graph)))  # queued again: reused, nothing new paid
     assert entry["status"]["status_str"] == "success" and len(gmi.post_bodies) == 1
+
+
+async def test_storyboard_example_gives_one_shot_alone_free_then_pays_once(host, gmi):
+    from gmi_video_pack.gmi.media import probe
+
+    info = await host.get("/object_info")
+    workflow = json.loads((ROOT / "workflows" / "Kling v3 Omni storyboard, shot by shot (GMI Cloud).json").read_text())
+    graph = to_api(workflow, info)
+    entry = await host.wait(await host.queue(graph))  # as shipped: rehearsal, 2 s + 3 s + 2 s at 720p
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert gmi.api_requests == []
+    saved = {o["images"][0]["filename"]: o["images"][0] for o in entry["outputs"].values()
+             if o.get("images") and o["images"][0].get("subfolder") == "video"}
+    shot = next(v for k, v in saved.items() if k.startswith("gmi_storyboard_shot2"))
+    clip = probe(host.base / "output" / shot["subfolder"] / shot["filename"])
+    assert clip.frame_count == 72 and (clip.width, clip.height) == (1920, 1080)  # shot 2 alone, upscaled 1.5x
+    graph = paid(graph)
+    next(n for n in graph.values() if n["class_type"] == "GMISelectShot")["inputs"]["index"] = 1
+    entry = await host.wait(await host.queue(graph))
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    (body,) = gmi.post_bodies
+    assert body["model"] == "kling-v3-omni" and len(body["payload"]["multi_prompt"]) == 3

@@ -18,7 +18,10 @@ OURS = {"GMIKlingV3TextToVideo": ["prompt", "negative_prompt", "duration", "aspe
                                   "control_after_generate", "timeout_minutes", "max_frames", "every_nth",
                                   "max_side", "rehearse"],
         "GMIKlingV3ImageToVideo": ["prompt", "negative_prompt", "duration", "sound", "take", "control_after_generate",
-                                   "timeout_minutes", "max_frames", "every_nth", "max_side", "rehearse"]}
+                                   "timeout_minutes", "max_frames", "every_nth", "max_side", "rehearse"],
+        "GMIKlingV3OmniStoryboard": ["storyboard", "mode", "aspect_ratio", "sound", "take", "control_after_generate",
+                                     "timeout_minutes", "max_frames", "every_nth", "max_side", "rehearse"]}
+HELPERS = {"GMISelectShot": ["index"]}  # our free nodes
 
 
 def load(path: Path) -> dict:
@@ -30,7 +33,7 @@ def test_workflow_nodes_and_links_fit(path):
     workflow = load(path)
     nodes = {n["id"]: n for n in workflow["nodes"]}
     for node in nodes.values():
-        assert node["type"] in CORE | set(OURS) | set(THIRD_PARTY), f"unknown node type {node['type']}"
+        assert node["type"] in CORE | set(OURS) | set(HELPERS) | set(THIRD_PARTY), f"unknown node type {node['type']}"
     for link_id, src, src_slot, dst, dst_slot, kind in workflow["links"]:
         assert nodes[src]["outputs"][src_slot]["type"] == kind
         assert link_id in nodes[src]["outputs"][src_slot]["links"]
@@ -47,7 +50,8 @@ def test_our_nodes_start_fixed_with_every_widget(path):
         values = dict(zip(OURS[node["type"]], node["widgets_values"]))
         assert len(node["widgets_values"]) == len(OURS[node["type"]])
         assert values["control_after_generate"] == "fixed", "a shared workflow must not re-bill on every queue"
-        assert values.get("aspect_ratio", "16:9") in ("16:9", "9:16", "1:1") and 3 <= values["duration"] <= 15
+        assert values.get("aspect_ratio", "16:9") in ("16:9", "9:16", "1:1")
+        assert 3 <= values.get("duration", 5) <= 15
         assert values["rehearse"] is True, "an example's first Run must be free: paid is the user's switch"
 
 
@@ -120,16 +124,18 @@ def test_core_examples_fit_the_newest_comfyui(path):
     assert all(s["format"] == "auto" and s["format.codec"] == "auto" for s in saves)
 
 
-@pytest.mark.parametrize("node", sorted(OURS))
+@pytest.mark.parametrize("node", sorted({**OURS, **HELPERS}))
 def test_our_node_in_the_snapshot_is_our_node_today(node):
     """The snapshot must be refreshed when our schema changes (tests/data/object_info_newest.json)."""
     order = NEWEST[node]["input_order"]
-    widgets = [name for name in order["required"] + order["optional"] if name not in ("image", "end_image")]
-    assert widgets == [n for n in OURS[node] if n != "control_after_generate"]
+    links = ("image", "end_image", "frames", "audio", "shots")
+    widgets = [name for name in order["required"] + order.get("optional", []) if name not in links]
+    assert widgets == [n for n in {**OURS, **HELPERS}[node] if n != "control_after_generate"]
 
 
 def test_the_examples_users_are_promised_are_there():
     names = {p.name for p in WORKFLOWS}
     assert {"Kling v3 text to video (GMI Cloud).json", "Kling v3 upscale the frames (GMI Cloud).json",
             "Kling v3 two takes and a vertical (GMI Cloud).json", "Kling v3 image to video (GMI Cloud).json",
+            "Kling v3 Omni storyboard, shot by shot (GMI Cloud).json",
             "Kling v3 into VHS Video Combine (GMI Cloud).json"} <= names
