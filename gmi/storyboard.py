@@ -83,3 +83,17 @@ def spans(multi_prompt: list[dict], frame_count: int, fps: float) -> list[dict]:
         out.append({"index": int(item["index"]), "prompt": item["prompt"], "first_frame": first,
                     "frame_count": last - first, "start": first / fps, "end": last / fps})
     return out
+
+
+def select(shots: dict, index: int, frame_total: int, sample_rate: int) -> tuple[slice, slice]:
+    """The frames and the audio samples of shot ``index`` (from 1) of a storyboard node's ``shots`` output; one
+    InputError line for an index or frames that do not belong to it."""
+    listed = shots["shots"]
+    if not 1 <= index <= len(listed):
+        raise InputError(f"index: {index} is not a shot of this storyboard; use 1-{len(listed)}.")
+    if frame_total != shots["frame_count"]:
+        raise InputError(f"frames: {frame_total} frames, but the shots describe {shots['frame_count']}; connect the "
+                         "storyboard node's own frames output.")
+    shot = listed[index - 1]
+    frames = slice(shot["first_frame"], shot["first_frame"] + shot["frame_count"])
+    return frames, slice(round(shot["start"] * sample_rate), round(shot["end"] * sample_rate))

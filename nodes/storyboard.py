@@ -8,7 +8,7 @@ from ..gmi.errors import InputError
 from ..gmi.jobs import job_key
 from ..gmi.media import DecodeOptions
 from ..gmi.models import KLING_V3_OMNI, check_take, check_timeout_minutes
-from ..gmi.storyboard import spans
+from ..gmi.storyboard import select, spans
 from . import outputs
 from .text_to_video import check_constants, timeout_input
 
@@ -113,14 +113,6 @@ class GMISelectShot(io.ComfyNode):
 
     @classmethod
     async def execute(cls, frames, audio, shots: dict, index: int = 1) -> io.NodeOutput:
-        listed = shots["shots"]
-        if not 1 <= index <= len(listed):
-            raise InputError(f"index: {index} is not a shot of this storyboard; use 1-{len(listed)}.")
-        shot = listed[index - 1]
-        if int(frames.shape[0]) != shots["frame_count"]:
-            raise InputError(f"frames: {int(frames.shape[0])} frames, but the shots describe {shots['frame_count']}; "
-                             "connect the storyboard node's own frames output.")
-        picked = frames[shot["first_frame"]:shot["first_frame"] + shot["frame_count"]]
-        rate = audio["sample_rate"]
-        wave = audio["waveform"][..., round(shot["start"] * rate):round(shot["end"] * rate)]
-        return io.NodeOutput(picked, {"waveform": wave, "sample_rate": rate}, float(shots["fps"]))
+        picked, span = select(shots, index, int(frames.shape[0]), audio["sample_rate"])
+        return io.NodeOutput(frames[picked], {"waveform": audio["waveform"][..., span],
+                                              "sample_rate": audio["sample_rate"]}, float(shots["fps"]))

@@ -81,3 +81,16 @@ async def test_the_command_line_generates_a_storyboard_from_a_file(gmi, tmp_path
     code, _, err = await cli_in(tmp_path, "generate", "--model", "kling-v3-omni", "--storyboard", "bad.txt", "--out",
                                 "o", env=environment(gmi, tmp_path))
     assert code == 2 and "3-15 s" in err and len(gmi.post_bodies) == 1
+
+
+def test_select_shot_takes_one_shots_frames_and_its_span_of_the_sound():
+    from gmi_video_pack.gmi.storyboard import select
+
+    board = omni()["multi_prompt"]
+    shots = {"fps": 24.0, "frame_count": 168, "shots": spans(board, 168, 24.0)}
+    frames, sound = select(shots, 2, 168, 48000)
+    assert (frames.start, frames.stop) == (48, 120) and (sound.start, sound.stop) == (96000, 240000)
+    with pytest.raises(InputError, match="use 1-3"):
+        select(shots, 4, 168, 48000)
+    with pytest.raises(InputError, match="storyboard node's own frames"):
+        select(shots, 1, 84, 48000)  # frames from elsewhere (e.g. every_nth changed downstream)
