@@ -105,17 +105,31 @@ def ref_size(value: object) -> tuple[int, int] | None:
 
 
 def wire_payload(payload: dict, images: dict[str, StillImage]) -> dict:
-    """The payload GMI receives: each image reference replaced by its Base64 text."""
-    missing = [value for value in payload.values() if ref_size(value) and value not in images]
-    if missing:
-        raise InputError("The image of this take is needed to submit it again: queue it from the node (or the command "
-                         "line) with the image connected.")
-    return {key: images[value].base64 if ref_size(value) else value for key, value in payload.items()}
+    """The payload GMI receives: each image reference, at any depth (Omni's image_list), replaced by its Base64."""
+    def expand(value):
+        if ref_size(value):
+            if value not in images:
+                raise InputError("The image of this take is needed to submit it again: queue it from the node (or the "
+                                 "command line) with the image connected.")
+            return images[value].base64
+        if isinstance(value, list):
+            return [expand(item) for item in value]
+        if isinstance(value, dict):
+            return {key: expand(item) for key, item in value.items()}
+        return value
+
+    return expand(payload)
 
 
 def echo_matches(echoed: object, ours: object, images: dict[str, StillImage]) -> bool:
     """Whether a payload value GMI echoed is ours: plain values compare equal; an image compares by the digest of its
     Base64 text (its length first), never by holding two copies of megabytes side by side."""
+    if isinstance(ours, list):
+        return isinstance(echoed, list) and len(echoed) == len(ours) and all(
+            echo_matches(e, o, images) for e, o in zip(echoed, ours))
+    if isinstance(ours, dict):
+        return isinstance(echoed, dict) and set(echoed) == set(ours) and all(
+            echo_matches(echoed[k], v, images) for k, v in ours.items())
     if not ref_size(ours):
         return echoed == ours
     image = images.get(ours)

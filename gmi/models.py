@@ -64,6 +64,11 @@ class Param:
             if value not in self.options:
                 raise InputError(f"{self.name}: {value!r} is not allowed; use one of {', '.join(self.options)}.")
             return value
+        if self.kind == "image_list":  # Omni's reference images: [{"image_url": <reference>}, ...]
+            images = [v for v in (value or []) if v is not None]
+            if self.max is not None and len(images) > self.max:
+                raise InputError(f"{self.label}: {len(images)} images; at most {self.max}.")
+            return [{"image_url": Param("image", "image", input_name=self.label).check(v)} for v in images]
         if self.kind == "storyboard":
             return storyboard.wire(storyboard.parse(value))
         if self.kind == "image":
@@ -167,7 +172,7 @@ class ModelSpec:
         payload: dict[str, Any] = {}
         for p in self.params:
             wire = p.check(values.get(p.name))
-            if p.omit_empty and wire in ("", None):
+            if p.omit_empty and wire in ("", None, []):
                 continue
             payload[p.name] = wire
         if self.derive is not None:
@@ -236,6 +241,12 @@ KLING_V3_I2V = ModelSpec(
 def _storyboard_keys(payload: dict) -> None:
     payload.update(multi_shot=True, shot_type="customize",
                    duration=str(sum(int(shot["duration"]) for shot in payload["multi_prompt"])))
+    given = len(payload.get("image_list", []))
+    for shot in payload["multi_prompt"]:
+        wanted = [int(n) for n in re.findall(r"<<<image_(\d+)>>>", shot["prompt"])]
+        if any(not 1 <= n <= given for n in wanted):
+            raise InputError(f"storyboard shot {shot['index']}: refers to <<<image_{max(wanted)}>>> but "
+                             f"{given} reference image(s) are connected; connect it or change the prompt.")
 
 
 KLING_V3_OMNI = ModelSpec(
@@ -246,6 +257,8 @@ KLING_V3_OMNI = ModelSpec(
         Param("mode", "enum", default="std", options=("std", "pro")),
         Param("aspect_ratio", "enum", default="16:9", options=("16:9", "9:16", "1:1")),
         Param("sound", "switch", default=False, wire="on_off"),
+        # Up to 7 reference stills, named in any shot's prompt as <<<image_1>>> … (Kling's limit without a video).
+        Param("image_list", "image_list", max=7, omit_empty=True, input_name="reference_images"),
     ),
     frame_sizes={"16:9": (1280, 720), "9:16": (720, 1280), "1:1": (720, 720)},
     mode_scale={"std": 1.0, "pro": 1.5},  # std 720p, pro 1080p (Kling's own API; GMI's page names the two modes)

@@ -2,9 +2,12 @@
 and Select Shot to take one shot's frames and sound from it."""
 from __future__ import annotations
 
+import asyncio
+
 from comfy_api.latest import io
 
 from ..gmi.errors import InputError
+from ..gmi.images import pixel_ref, still_image, to_uint8
 from ..gmi.jobs import job_key
 from ..gmi.media import DecodeOptions
 from ..gmi.models import KLING_V3_OMNI, check_take, check_timeout_minutes
@@ -19,8 +22,23 @@ EXAMPLE = ("2 | A red fox wakes in its den, morning light through the roots\n"
            "2 | Close-up: the fox turns its head toward the camera")
 
 
-def _payload(storyboard, mode, aspect_ratio, sound) -> dict:
-    return SPEC.build_payload({"storyboard": storyboard, "mode": mode, "aspect_ratio": aspect_ratio, "sound": sound})
+REFERENCES = 7  # Kling's limit of reference stills without a reference video
+
+
+def _payload(storyboard, mode, aspect_ratio, sound, references=()) -> dict:
+    return SPEC.build_payload({"storyboard": storyboard, "mode": mode, "aspect_ratio": aspect_ratio, "sound": sound,
+                               "reference_images": list(references)})
+
+
+def _references(images: dict) -> list:
+    """image_1 … image_7 in order; a gap would renumber the later ones under the prompts' <<<image_N>>>."""
+    given = [images.get(f"image_{n}") for n in range(1, REFERENCES + 1)]
+    last = max((n for n, image in enumerate(given, 1) if image is not None), default=0)
+    gap = next((n for n in range(1, last) if given[n - 1] is None), None)
+    if gap is not None:
+        raise InputError(f"image_{gap}: is not connected but image_{last} is; connect them from image_1 on, as the "
+                         "prompts name them <<<image_1>>>, <<<image_2>>>, …")
+    return given[:last]
 
 
 class GMIKlingV3OmniStoryboard(io.ComfyNode):
@@ -49,6 +67,9 @@ class GMIKlingV3OmniStoryboard(io.ComfyNode):
                 timeout_input(),
                 *outputs.decode_inputs(),
                 outputs.rehearse_input(),
+                *[io.Image.Input(f"image_{n}", optional=True,
+                                 tooltip=f"Reference image {n}: name it in any shot's prompt as <<<image_{n}>>> "
+                                         "(a subject, a scene, a style).") for n in range(1, REFERENCES + 1)],
             ],
             outputs=[*outputs.schema_outputs(),
                      Shots.Output("shots", display_name="shots",
@@ -66,19 +87,23 @@ class GMIKlingV3OmniStoryboard(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, storyboard=None, mode=None, aspect_ratio=None, sound=None, take=None,
-                           rehearse=False, **_):
+                           rehearse=False, **images):
         try:
-            key = job_key(SPEC.model_id, _payload(storyboard, mode, aspect_ratio, sound), check_take(take),
+            refs = [pixel_ref(to_uint8(i.cpu().numpy())) for i in _references(images)]
+            key = job_key(SPEC.model_id, _payload(storyboard, mode, aspect_ratio, sound, refs), check_take(take),
                           bool(rehearse))
-        except InputError:
-            key = None
+        except (InputError, AttributeError):
+            key = None  # an image linked but not computed yet: ComfyUI's own signature decides
         return outputs.fingerprint(key)
 
     @classmethod
     async def execute(cls, storyboard: str, mode: str, aspect_ratio: str, sound: bool, take: int,
                       timeout_minutes: int = 30, max_frames: int = 0, every_nth: int = 1, max_side: int = 0,
-                      rehearse: bool = False) -> io.NodeOutput:
-        payload, take = _payload(storyboard, mode, aspect_ratio, sound), check_take(take)
+                      rehearse: bool = False, **images) -> io.NodeOutput:
+        given = _references(images)
+        stills = await asyncio.to_thread(
+            lambda: [still_image(image.cpu().numpy(), f"image_{n}") for n, image in enumerate(given, 1)])
+        payload, take = _payload(storyboard, mode, aspect_ratio, sound, stills), check_take(take)
         timeout_s = check_timeout_minutes(timeout_minutes) * 60
         options = DecodeOptions(max_frames=max_frames, every_nth=every_nth, max_side=max_side)
         rehearse = bool(rehearse)
@@ -90,7 +115,7 @@ class GMIKlingV3OmniStoryboard(io.ComfyNode):
 
         return await outputs.run_and_output(
             cls, job_key(SPEC.model_id, payload, take, rehearse), options,
-            lambda runner: runner.run(SPEC, payload, take, timeout_s=timeout_s, rehearse=rehearse),
+            lambda runner: runner.run(SPEC, payload, take, timeout_s=timeout_s, rehearse=rehearse, images=stills),
             rehearsal_label=f"take {take}" if rehearse else None, more=shots)
 
 

@@ -98,6 +98,9 @@ def check_storyboard(payload: dict) -> str | None:
         return "payload.multi_prompt: the shots' durations must add up to duration"
     if payload.get("mode", "pro") not in ("std", "pro"):
         return "payload.mode: std or pro"
+    for n, item in enumerate(payload.get("image_list", [])):
+        if not isinstance(item, dict) or image_size(item.get("image_url")) is None:
+            return f"payload.image_list[{n}].image_url: a Base64 PNG or JPEG"
     return None
 
 

@@ -94,3 +94,20 @@ def test_select_shot_takes_one_shots_frames_and_its_span_of_the_sound():
         select(shots, 4, 168, 48000)
     with pytest.raises(InputError, match="storyboard node's own frames"):
         select(shots, 1, 84, 48000)  # frames from elsewhere (e.g. every_nth changed downstream)
+
+
+async def test_reference_images_go_as_image_list_and_prompts_may_name_them(gmi, fake_time, tmp_path):
+    import base64
+
+    from gmi_video_pack.gmi.images import still_image
+    from test_image_to_video import picture
+
+    fox, den = still_image(picture(seed=1)), still_image(picture(seed=2))
+    board = "3 | <<<image_1>>> wakes in <<<image_2>>>\n2 | <<<image_1>>> runs"
+    payload = KLING_V3_OMNI.build_payload({"storyboard": board, "reference_images": [fox, den]})
+    assert payload["image_list"] == [{"image_url": fox.ref}, {"image_url": den.ref}]  # the journal: references only
+    await make_runner(gmi, fake_time, tmp_path).run(KLING_V3_OMNI, payload, 0, timeout_s=600, images=[fox, den])
+    sent = gmi.post_bodies[0]["payload"]["image_list"]
+    assert [base64.b64decode(item["image_url"])[:4] for item in sent] == [b"\x89PNG"] * 2
+    with pytest.raises(InputError, match="refers to <<<image_3>>>"):
+        KLING_V3_OMNI.build_payload({"storyboard": "3 | <<<image_3>>> sleeps", "reference_images": [fox, den]})
