@@ -2,7 +2,8 @@
 
 It speaks the same API as GMI (submit, status, media), so a rehearsal goes through the same client, journal, download
 and decode code as a paid run, and answers with a synthetic clip of exactly the size, frame rate, duration and audio
-the real job would give: a test pattern with the prompt and take written on it, and a tone when sound is on. Made with
+the real job would give: a test pattern with the prompt and take written on it (a storyboard: each shot on its own
+colour, cut where the real shots would be, its label and prompt written on it), and a tone when sound is on. Made with
 the ffmpeg binary, or with PyAV (no words on it) in a ComfyUI that has only PyAV.
 """
 from __future__ import annotations
@@ -21,10 +22,12 @@ from typing import Callable, Iterator
 import numpy as np
 from aiohttp import web
 
+from . import storyboard
 from .client import QUEUE_PATH
 from .errors import MediaError
 from .media import Backend, decoder, run_child, start_child
 from .models import CATALOGUE, ModelSpec
+from .rehearsal_shots import shot_cards, shot_pictures, words_filter
 from .rehearsal_stills import read_stills, still_pictures
 
 log = logging.getLogger("gmi")
@@ -58,13 +61,27 @@ def render_clip(spec: ModelSpec, payload: dict, label: str, dest: Path) -> Path:
     the ffmpeg binary when there is one (the prompt and take written on it), else by PyAV (no words). Blocking."""
     payload, first, end = read_stills(payload)  # image to video: its first (and end) frame, from the wire
     shape = ClipShape.of(spec, payload)
-    stills = (still_pictures(shape.width, shape.height, shape.frames, first, end) if first is not None else None)
+    pictures, cards = _pictures(shape, payload, label, first, end)
     chosen = decoder()
     if chosen.backend is Backend.PYAV:
-        return _render_with_pyav(shape, dest, stills)
-    if stills is not None:
-        return _render_pictures_with_ffmpeg(chosen.path, shape, stills, dest)
+        return _render_with_pyav(shape, dest, pictures() if pictures is not None else None)
+    if pictures is not None:
+        return _render_pictures_with_ffmpeg(chosen.path, shape, pictures, dest, cards)
     return _render_with_ffmpeg(chosen.path, shape, f"REHEARSAL - {label}\n{payload.get('prompt', '')[:160]}", dest)
+
+
+def _pictures(shape: ClipShape, payload: dict, label: str, first: np.ndarray | None, end: np.ndarray | None
+              ) -> tuple[Callable[[], Iterator[np.ndarray]] | None, list[tuple[int, int, str]]]:
+    """The pictures, when not the test pattern: a function that gives them afresh (the binary may need a second go,
+    without words), and the words for each stretch of frames. Image to video: the stills. A storyboard: its shots,
+    cut exactly where ``storyboard.spans`` puts them in a clip of this frame count and rate."""
+    if first is not None:
+        return (lambda: still_pictures(shape.width, shape.height, shape.frames, first, end)), []
+    if payload.get("multi_prompt"):
+        shots = storyboard.spans(payload["multi_prompt"], shape.frames, shape.fps)
+        return ((lambda: shot_pictures(shape.width, shape.height, shape.fps, shots)),
+                shot_cards(shots, label, shape.width, shape.height))
+    return None, []
 
 
 def _render_with_ffmpeg(exe: str, shape: ClipShape, words: str, dest: Path) -> Path:
@@ -96,16 +113,33 @@ def _audio_args(shape: ClipShape) -> tuple[list[str], list[str]]:
     return ["-f", "lavfi", "-i", f"sine=frequency={TONE_HZ}:sample_rate={TONE_RATE}"], ["-c:a", "aac", "-ac", "2"]
 
 
-def _render_pictures_with_ffmpeg(exe: str, shape: ClipShape, pictures: Iterator[np.ndarray], dest: Path) -> Path:
-    """yuv420p pictures piped into the binary's H.264 encoder, with the tone; atomic like the PyAV path."""
+def _render_pictures_with_ffmpeg(exe: str, shape: ClipShape, pictures: Callable[[], Iterator[np.ndarray]],
+                                 dest: Path, cards: list[tuple[int, int, str]]) -> Path:
+    """The pictures with ``cards``' words drawn on them (each on its own frames), or without where the binary can't
+    draw words (no fonts)."""
+    if cards:
+        try:
+            with tempfile.TemporaryDirectory(prefix="gmi-words-") as folder:
+                words = words_filter(cards, Path(folder), shape.width, shape.height)
+                return _encode_pictures(exe, shape, pictures(), dest, ("-vf", words), folder)
+        except MediaError as error:
+            log.info("rehearsal: the clip is made without words (%s)", error)
+    return _encode_pictures(exe, shape, pictures(), dest)
+
+
+def _encode_pictures(exe: str, shape: ClipShape, pictures: Iterator[np.ndarray], dest: Path,
+                     filters: tuple[str, ...] = (), folder: str | None = None) -> Path:
+    """yuv420p pictures piped into the binary's H.264 encoder, with the tone; atomic like the PyAV path. ``folder``:
+    where ffmpeg runs (the words' files are there)."""
     sound_in, sound_out = _audio_args(shape)
-    part = dest.with_name(dest.name + ".part")
+    part = dest.resolve().with_name(dest.name + ".part")
     cmd = [exe, "-v", "error", "-y", "-nostdin", "-f", "rawvideo", "-pix_fmt", "yuv420p", "-s",
-           f"{shape.width}x{shape.height}", "-r", f"{shape.fps:g}", "-i", "-", *sound_in, "-t", str(shape.seconds),
-           "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", *sound_out, "-movflags", "+faststart",
-           "-f", "mp4", str(part)]
+           f"{shape.width}x{shape.height}", "-r", f"{shape.fps:g}", "-i", "-", *sound_in, *filters,
+           "-t", str(shape.seconds), "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", *sound_out,
+           "-movflags", "+faststart", "-f", "mp4", str(part)]
     try:
-        with start_child(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as proc:
+        with start_child(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         cwd=folder) as proc:
             try:
                 for picture in pictures:
                     proc.stdin.write(picture.tobytes())

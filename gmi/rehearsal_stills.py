@@ -51,7 +51,7 @@ def _fit(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
     return rgb[rows][:, cols]
 
 
-def _yuv420(rgb: np.ndarray) -> np.ndarray:
+def yuv420(rgb: np.ndarray) -> np.ndarray:
     """BT.601 limited-range yuv420p planes (luma rows, then the two quarter-size chroma planes), as float32."""
     r, g, b = (rgb[..., i].astype(np.float32) / 255.0 for i in range(3))
     y = 16 + 65.481 * r + 128.553 * g + 24.966 * b
@@ -66,8 +66,8 @@ def still_pictures(width: int, height: int, frames: int, first: np.ndarray,
                    end: np.ndarray | None) -> Iterator[np.ndarray]:
     """yuv420p pictures: the first frame, easing (smoothstep) into the end frame when given, with a strip along the
     bottom that fills as the clip plays (so a rehearsal is never taken for the real thing). One buffer, reused."""
-    start = _yuv420(_fit(first, width, height))
-    finish = _yuv420(_fit(end, width, height)) if end is not None else start
+    start = yuv420(_fit(first, width, height))
+    finish = yuv420(_fit(end, width, height)) if end is not None else start
     picture = np.empty(start.shape, np.uint8)
     strip = max(2, height // 40)
     for index in range(frames):
