@@ -7,7 +7,6 @@ from ..gmi.errors import InputError
 from ..gmi.media import DecodeOptions
 from ..gmi.models import check_request_id, check_timeout_minutes
 from . import outputs
-from .text_to_video import timeout_input
 
 class GMICollectVideo(io.ComfyNode):
     @classmethod
@@ -21,7 +20,7 @@ class GMICollectVideo(io.ComfyNode):
             **outputs.search_aliases("gmi", "gmi cloud", "collect video", "request id", "kling"),
             inputs=[
                 io.String.Input("request_id", default="", tooltip="The GMI request id to collect."),
-                timeout_input(),
+                outputs.timeout_input(),
                 *outputs.decode_inputs(),
             ],
             outputs=outputs.schema_outputs(request_id_output="collected_request_id"),

@@ -11,7 +11,7 @@ from ..gmi.jobs import job_key
 from ..gmi.media import DecodeOptions
 from ..gmi.models import KLING_V3_I2V, check_take, check_timeout_minutes
 from . import outputs
-from .text_to_video import check_constants, common_inputs, timeout_input
+from .text_to_video import check_constants, common_inputs
 
 SPEC = KLING_V3_I2V
 
@@ -39,9 +39,7 @@ class GMIKlingV3ImageToVideo(io.ComfyNode):
                                                 "16:9, 9:16 or 1:1."),
                 io.Image.Input("end_image", optional=True, tooltip="Optional last frame: the video eases into it."),
                 *common_inputs(aspect=False),
-                timeout_input(),
-                *outputs.decode_inputs(),
-                outputs.rehearse_input(),
+                *outputs.job_inputs(),
             ],
             outputs=outputs.schema_outputs(),
             hidden=[io.Hidden.unique_id, io.Hidden.prompt],

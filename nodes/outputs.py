@@ -70,6 +70,16 @@ def schema_outputs(request_id_output: str = "request_id") -> list:
     ]
 
 
+def timeout_input() -> io.Int.Input:
+    return io.Int.Input("timeout_minutes", default=30, min=1, max=1440, optional=True,
+                        tooltip="Stop waiting after this long; the job is kept and a later queue collects it.")
+
+
+def job_inputs() -> list:
+    """The inputs after a paid node's own: the time limit, the decode options and the rehearsal switch."""
+    return [timeout_input(), *decode_inputs(), rehearse_input()]
+
+
 def rehearse_input() -> io.Boolean.Input:
     return io.Boolean.Input("rehearse", default=False, optional=True, label_on="rehearsal (free)",
                             label_off="real (paid)",

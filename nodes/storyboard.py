@@ -13,7 +13,7 @@ from ..gmi.media import DecodeOptions
 from ..gmi.models import KLING_V3_OMNI, check_take, check_timeout_minutes
 from ..gmi.storyboard import select, spans
 from . import outputs
-from .text_to_video import check_constants, timeout_input
+from .text_to_video import check_constants
 
 SPEC = KLING_V3_OMNI
 Shots = io.Custom("GMI_SHOTS")  # {"fps", "frame_count", "shots": [{index, prompt, first_frame, frame_count, start, end}]}
@@ -64,9 +64,7 @@ class GMIKlingV3OmniStoryboard(io.ComfyNode):
                                  tooltip="One synchronized soundtrack over all shots (costs more)."),
                 io.Int.Input("take", default=0, min=0, max=0xFFFFFFFF, control_after_generate=True,
                              tooltip="Same take of the same storyboard = the same paid video, reused."),
-                timeout_input(),
-                *outputs.decode_inputs(),
-                outputs.rehearse_input(),
+                *outputs.job_inputs(),
                 *[io.Image.Input(f"image_{n}", optional=True,
                                  tooltip=f"Reference image {n}: name it in any shot's prompt as <<<image_{n}>>> "
                                          "(a subject, a scene, a style).") for n in range(1, REFERENCES + 1)],

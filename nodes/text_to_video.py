@@ -49,11 +49,6 @@ def check_constants(spec, take=None, timeout_minutes=None, **values) -> bool | s
     return True
 
 
-def timeout_input() -> io.Int.Input:
-    return io.Int.Input("timeout_minutes", default=30, min=1, max=1440, optional=True,
-                        tooltip="Stop waiting after this long; the job is kept and a later queue collects it.")
-
-
 class GMIKlingV3TextToVideo(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -68,9 +63,7 @@ class GMIKlingV3TextToVideo(io.ComfyNode):
                                      "t2v", "video generation"),
             inputs=[
                 *common_inputs(),
-                timeout_input(),
-                *outputs.decode_inputs(),
-                outputs.rehearse_input(),
+                *outputs.job_inputs(),
             ],
             outputs=outputs.schema_outputs(),
             hidden=[io.Hidden.unique_id, io.Hidden.prompt],
