@@ -182,7 +182,7 @@ def read_batch(path: Path) -> list[Take]:
 
 
 async def cmd_batch(args) -> int:
-    takes = read_batch(args.file)
+    takes = await asyncio.to_thread(read_batch, args.file)  # image files are read and encoded: off the loop
     if args.concurrency < 1:
         raise InputError("--concurrency: use 1 or more.")
     gate = asyncio.Semaphore(args.concurrency)

@@ -123,8 +123,10 @@ def available_memory() -> int | None:
         return None
 
 
-def check_memory(plan: FramePlan, available: int | None = None) -> None:
-    """Refuses, in one line, a decode that would not fit in memory, saying which option to lower."""
+def check_memory(plan: FramePlan, available: int | None = None,
+                 after: str = "or close other programs. The video itself is saved.") -> None:
+    """Refuses, in one line, a decode that would not fit in memory, saying which option to lower (``after``: the
+    message's end, as it fits the moment: after the download, or before anything is paid)."""
     available = available_memory() if available is None else available
     need = plan.nbytes + (256 << 20)  # the tensor, plus staging and the audio
     if available is None or need <= available:
@@ -132,8 +134,7 @@ def check_memory(plan: FramePlan, available: int | None = None) -> None:
     gib = 1 << 30
     raise MemoryShortError(
         f"Decoding {plan.count} frames at {plan.width}x{plan.height} needs {need / gib:.1f} GiB but only "
-        f"{available / gib:.1f} GiB is free: set max_side (e.g. 640), max_frames or every_nth on the node, or close "
-        f"other programs. The video itself is saved.")
+        f"{available / gib:.1f} GiB is free: set max_side (e.g. 640), max_frames or every_nth on the node, {after}")
 
 
 _libc = None

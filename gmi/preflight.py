@@ -12,8 +12,8 @@ import uuid
 from pathlib import Path
 
 from . import media
-from .errors import InputError, MediaError, MemoryShortError
-from .media_plan import DecodeOptions, VideoInfo, available_memory, plan_frames
+from .errors import InputError, MediaError
+from .media_plan import DecodeOptions, VideoInfo, available_memory, check_memory, plan_frames
 from .models import ModelSpec
 
 MP4_BYTES_PER_SECOND = 4 << 20  # generous for Kling's 720p/1080p H.264 (a 15 s 720p clip is ~10-20 MB)
@@ -55,12 +55,5 @@ def check_frames_fit(spec: ModelSpec, payload: dict, options: DecodeOptions, ava
     width, height = spec.frame_size(payload)
     seconds = spec.seconds(payload)
     info = VideoInfo(width, height, spec.fps, int(round(seconds * spec.fps)) + 1, float(seconds))
-    plan = plan_frames(info, options)
-    available = available_memory() if available is None else available
-    need = plan.nbytes + (256 << 20)  # the tensor, plus staging and the audio
-    if available is not None and need > available:
-        gib = 1 << 30
-        raise MemoryShortError(
-            f"This video's frames ({plan.count} at {plan.width}x{plan.height}) need {need / gib:.1f} GiB but only "
-            f"{available / gib:.1f} GiB is free: set max_side (e.g. 640), max_frames or every_nth on the node, or "
-            "unlink its frames output. Nothing was submitted.")
+    check_memory(plan_frames(info, options), available_memory() if available is None else available,
+                 after="or unlink its frames output. Nothing was submitted.")

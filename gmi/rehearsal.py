@@ -92,11 +92,9 @@ def _render_with_ffmpeg(exe: str, shape: ClipShape, words: str, dest: Path) -> P
     text = (f",drawtext=textfile={card}:expansion=none:fontsize={size}:fontcolor=white:box=1:boxcolor=black@0.6"
             f":x=20:y=20:line_spacing=6")
     base = [exe, "-v", "error", "-y", "-nostdin", "-f", "lavfi", "-i"]
-    tail = ["-t", str(shape.seconds), "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]
-    if shape.sound:
-        tail = ["-f", "lavfi", "-i", f"sine=frequency={TONE_HZ}:sample_rate={TONE_RATE}"] + tail + \
-               ["-c:a", "aac", "-ac", "2"]
-    tail += ["-movflags", "+faststart", str(dest)]
+    sound_in, sound_out = _audio_args(shape)
+    tail = [*sound_in, "-t", str(shape.seconds), "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+            *sound_out, "-movflags", "+faststart", str(dest)]
     try:
         run_child(base + [pattern + text] + tail, check=True)
     except subprocess.CalledProcessError:

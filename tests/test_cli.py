@@ -12,9 +12,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-async def cli(*args: str, env: dict, until=None) -> tuple[int, str, str]:
-    """Runs the CLI; ``until`` (async, given the process) may end it early (crash, Ctrl-C)."""
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gmi", *args, cwd=ROOT, env=env,
+async def cli(*args: str, env: dict, until=None, cwd: Path = ROOT) -> tuple[int, str, str]:
+    """Runs the CLI (from ``cwd``); ``until`` (async, given the process) may end it early (crash, Ctrl-C)."""
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gmi", *args, cwd=cwd, env=env,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     if until is not None:
         await until(proc)

@@ -1,29 +1,21 @@
 """Issue 12: the command line and the rehearsal off the happy path (a subprocess each, the fake GMI counting POSTs)."""
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import signal
-import sys
 from pathlib import Path
 
 from gmi_video_pack.gmi.jobs import Job, JobState, Journal, expected_seconds
 from gmi_video_pack.gmi.models import KLING_V3_T2V
 from gmi_video_pack.gmi.progress import Progress
 from gmi_video_pack.gmi.terminal import Printer
-from test_cli import ROOT, environment
+from test_cli import ROOT, cli, environment
 
 
 async def cli_in(cwd: Path, *args: str, env: dict, until=None) -> tuple[int, str, str]:
     """The command run from ``cwd``, as an installed ``gmi-video`` would be."""
-    env = {**env, "PYTHONPATH": str(ROOT)}
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gmi", *args, cwd=cwd, env=env,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    if until is not None:
-        await until(proc)
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    return proc.returncode, out.decode(), err.decode()
+    return await cli(*args, env={**env, "PYTHONPATH": str(ROOT)}, until=until, cwd=cwd)
 
 
 def one_error_line(err: str) -> bool:
