@@ -311,8 +311,21 @@ COMMANDS = {"generate": cmd_generate, "batch": cmd_batch, "collect": cmd_collect
 
 
 def _stop_on_term(signum, frame) -> None:
-    # A kill (SIGTERM, a closed terminal) ends like Ctrl-C: cleanups run, ffmpeg children are stopped.
+    # Where the loop cannot take signals (Windows): a kill (SIGTERM, a closed terminal) ends like Ctrl-C did.
     raise KeyboardInterrupt
+
+
+async def _stoppable(command):
+    """A kill (SIGTERM, a closed terminal) ends like Ctrl-C: the command's task is cancelled, so a POST under way is
+    carried to its answer and recorded, cleanups run and ffmpeg children are stopped."""
+    task, loop = asyncio.current_task(), asyncio.get_running_loop()
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            try:
+                loop.add_signal_handler(getattr(signal, name), task.cancel)
+            except (NotImplementedError, RuntimeError):
+                pass  # _stop_on_term stays in charge
+    return await command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -322,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), _stop_on_term)
     try:
-        return asyncio.run(COMMANDS[args.command](args))
+        return asyncio.run(_stoppable(COMMANDS[args.command](args)))
     except UnrecordedJobError as exc:  # paid, and the id is in the message: not a set-up fault
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -332,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     except (GMIError, OSError, subprocess.CalledProcessError) as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         print("interrupted: started jobs are kept in the journal; run the same command again to collect them",
               file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -5,6 +5,7 @@ The API key goes only to the API host, in the Authorization header of API calls;
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import os
@@ -168,10 +169,19 @@ class GMIClient:
 
     # --- API calls -------------------------------------------------------------------------------------------
 
-    async def _turn(self) -> None:
-        """Waits for this process's turn to ask GMI (the governor spaces all requests and pauses all on a 429)."""
+    async def turn(self) -> None:
+        """Waits for this process's turn to ask GMI (the governor spaces all requests and pauses all on a 429). The
+        submit waits here before its job is recorded: a Cancel during the wait pays nothing, and the time recorded
+        is when the POST leaves (the window a lost answer is searched in)."""
         if self.governor is not None:
             await self.governor.pace(self.sleep, self._held)
+
+    def twin(self) -> "GMIClient":
+        """The same client for another event loop (a session of its own, made on entering ``async with``): the POST
+        runs on a worker thread that the prompt's loop cannot cancel."""
+        twin = copy.copy(self)
+        twin._session, twin.on_wait, twin.sleep = None, None, asyncio.sleep
+        return twin
 
     def _held(self, seconds: float) -> None:
         """The governor holds this request for GMI's rate limit (a 429 seen by any job of this process): say so."""
@@ -220,7 +230,7 @@ class GMIClient:
             text = body.get("error") or body.get("message") or body.get("detail") if isinstance(body, dict) else None
             text = text if isinstance(text, str) else raw
         except ValueError:
-            text = raw
+            body, text = None, raw
         text = self._clean(" ".join(text.split()))[:500] or resp.reason or "no text"
         rid = f" (request {request_id})" if request_id else ""
         retry_after = parse_retry_after(resp.headers.get("Retry-After"))
@@ -229,18 +239,22 @@ class GMIClient:
             return AuthError(f"GMI refused the API key for {what}: HTTP {status}: {text}{rid}. Check GMI_API_KEY "
                              "(or the key saved in the GMI Cloud settings) and that your account can use this model.",
                              status=status, gmi_text=text, request_id=request_id)
-        if status in (429, 503):
+        # A 503 is GMI's "capacity exhausted" (nothing made) only in GMI's own words ({"error": ...}); a gateway's
+        # page may stand in front of a backend that made the job.
+        if status == 429 or (status == 503 and isinstance(body, dict) and isinstance(body.get("error"), str)):
             return RateLimitedError(f"GMI is busy ({what}): HTTP {status}: {text}{rid}. Try again in a few minutes.",
                                     status=status, gmi_text=text, request_id=request_id, retry_after=retry_after)
         return HTTPError(f"GMI {what} failed: HTTP {status}: {text}{rid}", status=status, gmi_text=text,
                          request_id=request_id, retry_after=retry_after)
 
-    async def submit(self, model_id: str, payload: dict) -> RemoteJob:
-        """One POST of the job. Raises RateLimitedError (429/503: nothing was created, retry later), HTTPError or
-        AuthError (refused: nothing was created), GMIError (GMI unreachable: nothing was sent), or
-        SubmitUnknownError (sent, answer lost: timeout, reset, other 5xx, unreadable body; a billed job may exist)."""
+    async def submit(self, model_id: str, payload: dict, *, paced: bool = False) -> RemoteJob:
+        """One POST of the job (``paced``: the caller already waited for its turn). Raises RateLimitedError (429, or
+        503 in GMI's own words: nothing was created, retry later), HTTPError or AuthError (refused: nothing was
+        created), GMIError (GMI unreachable: nothing was sent), or SubmitUnknownError (sent, answer lost: timeout,
+        reset, other 5xx, unreadable body; a billed job may exist)."""
         assert self._session is not None, "use the client inside 'async with'"
-        await self._turn()
+        if not paced:
+            await self.turn()
         try:
             async with self._session.post(f"{self.api_root}/requests", json={"model": model_id, "payload": payload},
                                           headers=self._auth(), allow_redirects=False,
@@ -253,7 +267,7 @@ class GMIClient:
                 if resp.status >= 400:
                     error = await self._http_error(resp, "submit", None)
                     self._heard(resp.status, error.retry_after)
-                    if resp.status >= 500 and resp.status != 503:
+                    if resp.status >= 500 and not isinstance(error, RateLimitedError):
                         raise SubmitUnknownError(
                             f"GMI answered the submit with HTTP {resp.status}: {error.gmi_text}. The job may "
                             "still have been created and billed")
@@ -284,7 +298,7 @@ class GMIClient:
     async def _lookup(self, path: str, params: dict | None = None):
         """A GET that is only a hint (catalogue, listing): the JSON body on success, None on any failure."""
         assert self._session is not None, "use the client inside 'async with'"
-        await self._turn()
+        await self.turn()
         try:
             async with self._session.get(f"{self.api_root}{path}", params=params, headers=self._auth(),
                                          allow_redirects=False,
@@ -321,7 +335,7 @@ class GMIClient:
         attempt = 0
         while True:
             retry_after = None
-            await self._turn()
+            await self.turn()
             try:
                 async with self._session.get(self._requests_url(request_id), headers=self._auth(),
                                              allow_redirects=False,

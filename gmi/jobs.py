@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -23,14 +24,15 @@ from pathlib import Path
 from typing import AsyncIterator, Callable
 
 from .client import Clock, GMIClient, RemoteJob, Sleep, backoff_delay, pick_video_url
-from .errors import (DownloadError, GMIError, HTTPError, InputError, JobFailedError, JobTimeoutError, JournalError,
-                     MediaError, RateLimitedError, SubmitUnknownError, UnrecordedJobError)
+from .errors import (DownloadError, HTTPError, InputError, JobFailedError, JobTimeoutError, MediaError,
+                     RateLimitedError, SubmitUnknownError)
 from . import preflight, reconcile
 from .governor import Governor
 from .journal import Job, JobState, Journal  # noqa: F401  (re-exported: the lifecycle's records)
 from .images import StillImage, wire_payload
 from .media import verify_video
 from .media_plan import DecodeOptions
+from .posting import post_recorded
 from .models import CATALOGUE, ModelSpec, Price, check_request_id, parse_gmi_price
 from .budget import SpendCap  # noqa: F401  (re-exported)
 from .progress import PollPolicy, Progress, describe_wait, expected_seconds  # noqa: F401  (PollPolicy re-exported)
@@ -64,7 +66,8 @@ def video_file_name(model_id: str, request_id: str, name: str | None = None) -> 
     if safe != request_id:
         safe += "-" + hashlib.sha256(request_id.encode("utf-8", "surrogatepass")).hexdigest()[:12]
     lead = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:60] + "_" if name else ""
-    return f"{lead}{model_id}_{safe}.mp4"
+    model = re.sub(r"[^A-Za-z0-9-]+", "_", model_id).strip("_")[:60] or "gmi"  # GMI's 'model' field, for a collect
+    return f"{lead}{model}_{safe}.mp4"
 
 
 class JobRunner:
@@ -230,31 +233,32 @@ class JobRunner:
         if price is not None and self.budget is not None:
             self.budget.reserve(price)
         job.price = price.amount if price is not None else None
+        sent = threading.Event()  # set just before the POST leaves
         try:
-            return await self._submit_paid(client, job, deadline, price)
+            return await self._submit_paid(client, job, deadline, price, sent)
         except BaseException:
-            if price is not None and self.budget is not None and job.state is JobState.FAILED:
-                self.budget.release(price)
+            if price is not None and self.budget is not None and (job.state is JobState.FAILED or not sent.is_set()):
+                self.budget.release(price)  # nothing was created: the cap must not count it
             raise
 
-    async def _submit_paid(self, client: GMIClient, job: Job, deadline: float, price: Price | None) -> RemoteJob:
+    async def _submit_paid(self, client: GMIClient, job: Job, deadline: float, price: Price | None,
+                           sent: threading.Event) -> RemoteJob:
         cost = f", estimated {price}" if price is not None else (" (rehearsal: nothing is paid)" if job.rehearsal else "")
         attempt = 0
         while True:
-            job.state, job.submit_started_at = JobState.SUBMITTING, self.wall_clock()
-            await self._record(job)  # before the POST: a crash during it is then known
+            await client.turn()  # GMI's rate limit is waited out before the job is recorded, never after
             log.info("GMI %s: submitting take %d%s", job.model_id, job.take, cost)
             where = "the rehearsal stand-in" if job.rehearsal else "GMI"
             self.on_progress(Progress("submitting", f"submitting to {where}{cost}", 0.0))
             try:
-                remote, cancelled = await self._post(client, job)
+                remote, cancelled = await post_recorded(self.journal, client, job,
+                                                        wire_payload(job.payload, self.images), self.wall_clock, sent)
             except RateLimitedError as exc:  # nothing was created: wait and try again, within the deadline
                 # On a 429 the governor holds every request for GMI's Retry-After, and says so: no wait of our own.
                 governed = exc.status == 429 and client.governor is not None
                 delay = client.governor.pause_left() if governed else \
                     backoff_delay(attempt, client.timing, exc.retry_after, client.rng)
                 if self.clock() + delay > deadline:
-                    await self._fail(job, str(exc))
                     raise
                 log.info("GMI submit: HTTP %s, retrying in %.1fs", exc.status, delay)
                 if not governed:
@@ -265,48 +269,16 @@ class JobRunner:
                 continue
             except SubmitUnknownError as exc:
                 await self._mark_submit_unknown(job, str(exc))
-            except GMIError as exc:
-                await self._fail(job, str(exc))  # refused or unreachable: no job exists, the same take may retry
-                raise
             break
-        job.state, job.request_id = JobState.SUBMITTED, remote.request_id
+        if remote is None:  # stopped before the POST left: nothing was sent, the take stays free to queue again
+            raise asyncio.CancelledError()
         log.info("GMI %s: submitted take %d as request %s", job.model_id, job.take, remote.request_id)
-        try:
-            await self._record(job)
-        except JournalError as exc:
-            # Paid, and the journal cannot say so: the id must reach the user whatever happens next.
-            raise UnrecordedJobError(f"GMI accepted the job as request {remote.request_id}, but the journal could "
-                                     f"not record it. {exc} Then collect it by that id (the Collect node, or the "
-                                     "command line's collect) rather than queueing the take again.") from None
         self.on_progress(Progress("queued", f"submitted as request {remote.request_id}", 0.0, remote.request_id))
         if remote.terminal:
             await self._finish(job, remote)
         if cancelled:
             raise asyncio.CancelledError()
         return remote
-
-    async def _post(self, client: GMIClient, job: Job) -> tuple[RemoteJob, bool]:
-        """One POST, carried to its answer even when this run is cancelled meanwhile (the answer says whether a paid
-        job exists). Returns the answer and whether a cancel arrived during it."""
-        post = asyncio.ensure_future(client.submit(job.model_id, wire_payload(job.payload, self.images)))
-        try:
-            return await asyncio.shield(post), False
-        except asyncio.CancelledError:
-            if post.cancelled():
-                raise
-        try:
-            return await post, True
-        except asyncio.CancelledError:  # cancelled twice (the prompt is being torn down): the answer is lost
-            post.cancel()
-            job.state, job.error = JobState.SUBMIT_UNKNOWN, "stopped while submitting"
-            await asyncio.to_thread(self.journal.record, job)
-            raise
-        except SubmitUnknownError as exc:
-            job.state, job.error = JobState.SUBMIT_UNKNOWN, str(exc)
-        except GMIError as exc:  # refused, busy or unreachable: nothing was created
-            job.state, job.error = JobState.FAILED, str(exc)
-        await self._record(job)
-        raise asyncio.CancelledError()
 
     async def _fail(self, job: Job, why: str) -> None:
         job.state, job.error = JobState.FAILED, why

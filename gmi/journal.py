@@ -219,7 +219,9 @@ def journal_trouble(path: Path, exc: BaseException) -> str:
     elif "readonly" in lowered or "read-only" in lowered or isinstance(exc, PermissionError):
         fix = "make the file and its folder writable, or point GMI_JOURNAL (command line: --journal) elsewhere"
     elif "not a database" in lowered or "malformed" in lowered:
-        fix = "move that file aside (it is not a job journal) or point GMI_JOURNAL (--journal) elsewhere"
+        fix = ("move that file aside (it is not a job journal) or point GMI_JOURNAL (--journal) elsewhere; a new "
+               "journal does not know the takes already paid for, so collect those by request id (the MP4s in the "
+               "output folder are named after it) rather than queueing them again")
     elif isinstance(exc, IsADirectoryError) or "unable to open" in lowered:
         fix = "give the path of a file, not a folder, in a folder you can write"
     else:

@@ -1,0 +1,75 @@
+"""The one POST that pays, with its journal records, out of reach of whatever happens to the run that asked for it.
+
+ComfyUI ends a prompt with asyncio.run's cleanup: it cancels every task of the prompt's loop (shielded ones too), then
+waits for worker threads. So the SUBMITTING record, the POST and the record of GMI's answer run on a worker thread with
+an event loop of its own: nothing can come between GMI's answer and the journal, and a Cancel that arrives before the
+POST leaves stops it there (nothing sent, the take free to queue again).
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Callable
+
+from .client import GMIClient, RemoteJob
+from .errors import GMIError, JournalError, SubmitUnknownError, UnrecordedJobError
+from .journal import Job, JobState, Journal
+
+
+async def post_recorded(journal: Journal, client: GMIClient, job: Job, wire: dict, wall_clock: Callable[[], float],
+                        sent: threading.Event) -> tuple[RemoteJob | None, bool]:
+    """GMI's answer to the POST (None: stopped before sending), and whether a cancel arrived meanwhile. A cancel
+    waits for the answer (it says whether a paid job exists); a second one leaves the thread to record it."""
+    stop = threading.Event()
+    post = asyncio.ensure_future(asyncio.to_thread(_send, journal, client, job, wire, wall_clock, sent, stop))
+    try:
+        return await asyncio.shield(post), False
+    except asyncio.CancelledError:
+        stop.set()  # not sent yet: then it never will be
+        if post.cancelled():
+            raise
+    try:
+        return await post, True
+    except JournalError:  # a paid id the journal could not take, or nothing sent: the user must read it
+        raise
+    except GMIError:  # the thread recorded what GMI said; the run was stopped anyway
+        raise asyncio.CancelledError() from None
+
+
+def _send(journal: Journal, client: GMIClient, job: Job, wire: dict, wall_clock: Callable[[], float],
+          sent: threading.Event, stop: threading.Event) -> RemoteJob | None:
+    job.state, job.submit_started_at = JobState.SUBMITTING, wall_clock()
+    journal.record(job)  # before the POST: a crash during it is then known
+    if stop.is_set():
+        job.state, job.error = JobState.FAILED, "stopped before submitting: nothing was sent"
+        journal.record(job)
+        return None
+
+    async def post() -> RemoteJob:
+        async with client.twin() as twin:
+            return await twin.submit(job.model_id, wire, paced=True)
+
+    sent.set()
+    try:
+        remote = asyncio.run(post())
+    except SubmitUnknownError as exc:
+        job.state, job.error = JobState.SUBMIT_UNKNOWN, str(exc)
+        journal.record(job)
+        raise
+    except GMIError as exc:  # refused, busy or unreachable: no job exists, the same take may retry
+        job.state, job.error = JobState.FAILED, str(exc)
+        journal.record(job)
+        raise
+    except BaseException as exc:
+        job.state, job.error = JobState.SUBMIT_UNKNOWN, f"the submit stopped ({type(exc).__name__})"
+        journal.record(job)
+        raise
+    job.state, job.request_id = JobState.SUBMITTED, remote.request_id
+    try:
+        journal.record(job)
+    except JournalError as exc:
+        # Paid, and the journal cannot say so: the id must reach the user whatever happens next.
+        raise UnrecordedJobError(f"GMI accepted the job as request {remote.request_id}, but the journal could "
+                                 f"not record it. {exc} Then collect it by that id (the Collect node, or the "
+                                 "command line's collect) rather than queueing the take again.") from None
+    return remote
