@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 import aiohttp
+import aiohttp.web
 import pytest
 
 from workflow_api import to_api
@@ -295,6 +296,41 @@ async def test_sibling_failure_tears_down_the_prompt_and_requeue_collects_withou
     entry = await host.wait(await host.queue(failing))
     assert entry["status"]["status_str"] == "error"
     assert len(gmi.created) == 1 and "no request '0123456789abcdef'" in json.dumps(entry["status"]["messages"])
+    entry = await host.wait(await host.queue(graph))
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert len(gmi.post_bodies) == 1
+
+
+async def test_sibling_failure_during_the_post_keeps_the_paid_id_and_requeue_pays_nothing(host, gmi):
+    """ComfyUI ends the prompt (asyncio.run cancels every task of its loop) while GMI has made the job and its answer
+    is still on the way: the answer must still reach the journal."""
+    torn_down = asyncio.Event()
+
+    async def unknown_id_fails_once_the_post_is_out(request):
+        if request.match_info["rid"] != "0123456789abcdef":
+            return None
+        while not gmi.jobs:
+            await asyncio.sleep(0.05)
+        torn_down.set()
+        return None  # GMI's 404 for an unknown id: the prompt fails
+
+    async def answer_after_the_teardown(request):
+        body = gmi.post_bodies[-1]
+        rid = uuid.uuid4().hex
+        job = {"rid": rid, "model": body["model"], "payload": body["payload"], "status": "queued", "reads": 0,
+               "created_at": int(gmi.wall())}
+        gmi.jobs[rid] = job  # made, and billed
+        await torn_down.wait()
+        await asyncio.sleep(1.0)
+        return aiohttp.web.json_response(gmi._record(job))
+
+    gmi.status_hook = unknown_id_fails_once_the_post_is_out
+    gmi.faults["post"].append(answer_after_the_teardown)
+    graph = example_graph(await host.get("/object_info"))
+    failing = dict(graph)
+    failing["9"] = {"class_type": "GMICollectVideo", "inputs": {"request_id": "0123456789abcdef"}}
+    entry = await host.wait(await host.queue(failing))
+    assert entry["status"]["status_str"] == "error" and len(gmi.created) == 1
     entry = await host.wait(await host.queue(graph))
     assert entry["status"]["status_str"] == "success", entry["status"]
     assert len(gmi.post_bodies) == 1
