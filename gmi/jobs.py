@@ -252,7 +252,8 @@ class JobRunner:
             self.on_progress(Progress("submitting", f"submitting to {where}{cost}", 0.0))
             try:
                 remote, cancelled = await post_recorded(self.journal, client, job,
-                                                        wire_payload(job.payload, self.images), self.wall_clock, sent)
+                                                        wire_payload(job.payload, self.images), self.wall_clock, sent,
+                                                        self._holding_for_the_answer)
             except RateLimitedError as exc:  # nothing was created: wait and try again, within the deadline
                 # On a 429 the governor holds every request for GMI's Retry-After, and says so: no wait of our own.
                 governed = exc.status == 429 and client.governor is not None
@@ -279,6 +280,10 @@ class JobRunner:
         if cancelled:
             raise asyncio.CancelledError()
         return remote
+
+    def _holding_for_the_answer(self) -> None:
+        self.on_progress(Progress("submitting", "stopping once GMI answers the submit (it says whether a paid job "
+                                                "exists, so it is kept, not lost)"))
 
     async def _fail(self, job: Job, why: str) -> None:
         job.state, job.error = JobState.FAILED, why

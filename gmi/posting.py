@@ -17,9 +17,10 @@ from .journal import Job, JobState, Journal
 
 
 async def post_recorded(journal: Journal, client: GMIClient, job: Job, wire: dict, wall_clock: Callable[[], float],
-                        sent: threading.Event) -> tuple[RemoteJob | None, bool]:
+                        sent: threading.Event, on_hold: Callable[[], None]) -> tuple[RemoteJob | None, bool]:
     """GMI's answer to the POST (None: stopped before sending), and whether a cancel arrived meanwhile. A cancel
-    waits for the answer (it says whether a paid job exists); a second one leaves the thread to record it."""
+    waits for the answer (it says whether a paid job exists), and ``on_hold`` says so; a second cancel leaves the
+    thread to record it."""
     stop = threading.Event()
     post = asyncio.ensure_future(asyncio.to_thread(_send, journal, client, job, wire, wall_clock, sent, stop))
     try:
@@ -28,6 +29,8 @@ async def post_recorded(journal: Journal, client: GMIClient, job: Job, wire: dic
         stop.set()  # not sent yet: then it never will be
         if post.cancelled():
             raise
+        if sent.is_set():
+            on_hold()
     try:
         return await post, True
     except JournalError:  # a paid id the journal could not take, or nothing sent: the user must read it

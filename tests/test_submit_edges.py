@@ -162,22 +162,27 @@ def test_comfyui_tearing_the_prompt_down_during_the_post_keeps_the_paid_request_
         loop.call_soon_threadsafe(loop.stop)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-async def test_a_kill_during_the_post_keeps_the_paid_request_id(gmi, tmp_path, sig):
+@pytest.mark.parametrize("signals", [["SIGINT"], ["SIGINT", "SIGINT"], ["SIGTERM"], ["SIGHUP"], ["SIGTERM", "SIGINT"]])
+async def test_a_kill_during_the_post_keeps_the_paid_request_id(gmi, tmp_path, signals):
+    """Ctrl-C (once, or twice in impatience), a kill, a closed terminal: the answer is waited for and recorded."""
     gmi.never_finish = True
     gmi.faults["post"].append(answer_late(gmi, 1.5))
 
     async def kill_during_post(proc):
         while not gmi.jobs:
             await asyncio.sleep(0.02)
-        proc.send_signal(sig)
+        for name in signals:
+            proc.send_signal(getattr(signal, name))
+            await asyncio.sleep(0.3)
 
     code, out, err = await cli("generate", "--prompt", "a fox", "--out", str(tmp_path / "out"),
                                env=environment(gmi, tmp_path), until=kill_during_post)
     (job,) = Journal(tmp_path / "home" / "jobs.sqlite3").all()
     assert len(gmi.created) == 1
-    assert job.request_id == gmi.created[0]
-    assert "interrupted" in err and code != 0
+    assert (job.state, job.request_id) == (JobState.SUBMITTED, gmi.created[0])
+    assert code == 130 and err.strip().splitlines()[-1].startswith("interrupted"), err
+    assert "stopping once GMI answers the submit" in err
+    assert len(gmi.post_bodies) == 1
 
 
 # --- a gateway's 503 may stand in front of a backend that made the job -----------------------------------------
