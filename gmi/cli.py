@@ -235,7 +235,7 @@ async def cmd_jobs(args) -> int:
         submitted = job.request_id is not None or job.state is JobState.SUBMIT_UNKNOWN  # only those may be billed
         price = "free" if job.rehearsal else (f"${job.price:.2f}" if job.price is not None and submitted else "-")
         state = job.state.value + (" (rehearsal)" if job.rehearsal else "")
-        prompt = " ".join(str(job.payload.get("prompt", "")).split())
+        prompt = "".join(ch if ch.isprintable() else "?" for ch in " ".join(str(job.payload.get("prompt", "")).split()))
         prompt = prompt if len(prompt) <= 30 else prompt[:29] + "…"
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(job.created_at))
         path = job.path if job.state is JobState.SAVED else (job.error or "")
@@ -256,7 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
     journal = argparse.ArgumentParser(add_help=False)  # accepted before or after the subcommand
     journal.add_argument("--journal", type=Path, default=argparse.SUPPRESS,
                          help="the job journal (default: $GMI_JOURNAL, else jobs.sqlite3 in $GMI_HOME or ~/.gmi_cloud)")
+    journal.add_argument("--new-journal", action="store_true", default=argparse.SUPPRESS,
+                         help="start the journal named by --journal or $GMI_JOURNAL when it does not exist yet (else "
+                              "refused: a mistyped path would not know the takes already paid for)")
     parser.add_argument("--journal", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    parser.add_argument("--new-journal", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def job_options(p):
@@ -330,7 +334,13 @@ async def _stoppable(command):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    named = getattr(args, "journal", None) or os.environ.get("GMI_JOURNAL")
     args.journal = Path(getattr(args, "journal", None) or default_journal()).absolute()
+    if named and not args.journal.exists() and not (args.command == "collect" or getattr(args, "new_journal", False)):
+        # A mistyped journal would not know the takes already paid for, and pay for them again.
+        print(f"error: there is no journal at {args.journal}: check the path (--journal or GMI_JOURNAL), or add "
+              "--new-journal to start one there", file=sys.stderr)
+        return EXIT_BAD_INPUT
     for name in ("SIGTERM", "SIGHUP"):
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), _stop_on_term)

@@ -77,9 +77,25 @@ async def test_flags_are_named_as_typed_and_global_flags_work_after_the_subcomma
     code, _, err = await cli_in(tmp_path, "generate", "--prompt", "x", "--duration", "20", "--out", "o",
                                 env=environment(gmi, tmp_path))
     assert code == 2 and one_error_line(err) and "--duration" in err
-    code, out, err = await cli_in(tmp_path, "jobs", "--journal", str(tmp_path / "elsewhere.sqlite3"),
+    code, out, err = await cli_in(tmp_path, "jobs", "--journal", str(tmp_path / "elsewhere.sqlite3"), "--new-journal",
                                   env=environment(gmi, tmp_path))
     assert code == 0 and (tmp_path / "elsewhere.sqlite3").is_file()
+
+
+async def test_a_mistyped_journal_is_refused_before_paying_the_same_take_again(gmi, tmp_path):
+    env = environment(gmi, tmp_path)
+    journal = tmp_path / "home" / "jobs.sqlite3"
+    code, _, err = await cli_in(tmp_path, "generate", "--prompt", "x", "--out", "o", "--journal", str(journal),
+                                "--new-journal", env=env)
+    assert code == 0, err
+    typo_flag = ["--journal", str(journal.with_name("job.sqlite3"))]
+    typo_env = {**env, "GMI_JOURNAL": str(journal.with_name("jobs.sqlite"))}
+    for flags, environ in ((typo_flag, env), ([], typo_env)):
+        code, _, err = await cli_in(tmp_path, "generate", "--prompt", "x", "--out", "o", *flags, env=environ)
+        assert code == 2 and one_error_line(err) and "no journal at" in err and "--new-journal" in err, err
+    code, _, err = await cli_in(tmp_path, "jobs", "--journal", str(tmp_path / "nowhere.sqlite3"), env=env)
+    assert code == 2 and not (tmp_path / "nowhere.sqlite3").exists()
+    assert len(gmi.post_bodies) == 1 and not journal.with_name("job.sqlite3").exists()
 
 
 async def test_a_spend_cap_that_stops_the_only_job_exits_2(gmi, tmp_path):
