@@ -375,7 +375,9 @@ class JobRunner:
             return
         reason = remote.failure_reason()
         await self._fail(job, f"{remote.status}: {reason}")
-        raise JobFailedError(f"GMI {remote.status} request {job.request_id}: {reason}",
+        again = (" Queueing the same inputs again submits a new, paid job: change what GMI's reason points to first."
+                 if job.take >= 0 else "")  # a take of ours, not a job collected by its id
+        raise JobFailedError(f"GMI {remote.status} request {job.request_id}: {reason.rstrip('.')}.{again}",
                              request_id=job.request_id, status=remote.status, reason=reason)
 
     async def _video_url(self, client: GMIClient, job: Job, deadline: float) -> str:

@@ -264,8 +264,9 @@ async def test_collect_unknown_id_is_one_clear_line(gmi, fake_time, tmp_path):
 
 async def test_collect_failed_id_gives_gmi_reason(gmi, fake_time, tmp_path):
     rid = gmi.add_console_job({"prompt": "x"}, status="failed")
-    with pytest.raises(JobFailedError, match="Content rejected by safety filter"):
+    with pytest.raises(JobFailedError, match="Content rejected by safety filter") as err:
         await make_runner(gmi, fake_time, tmp_path).collect(rid, timeout_s=60)
+    assert "Queueing" not in str(err.value)  # collecting submits nothing: no advice about queueing inputs
 
 
 # --- the key never leaks ----------------------------------------------------------------------------------------

@@ -91,7 +91,7 @@ async def test_failed_job_reports_gmi_reason_and_request_id(gmi, fake_time, tmp_
         await run(gmi, fake_time, tmp_path)
     message = str(err.value)
     assert "Content rejected by safety filter" in message and gmi.created[0] in message
-    assert "\n" not in message
+    assert "\n" not in message and "submits a new, paid job" in message  # what queueing again would do
 
 
 async def test_failed_take_submits_again_on_requeue(gmi, fake_time, tmp_path):
