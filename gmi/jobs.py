@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Callable
 
-from .client import Clock, GMIClient, RemoteJob, Sleep, backoff_delay, pick_video_url
-from .errors import (DownloadError, HTTPError, InputError, JobFailedError, JobTimeoutError, MediaError,
+from .client import Clock, GMIClient, Listing, RemoteJob, Sleep, backoff_delay, pick_video_url
+from .errors import (DownloadError, GMIError, HTTPError, InputError, JobFailedError, JobTimeoutError, MediaError,
                      RateLimitedError, SubmitUnknownError)
 from . import preflight, reconcile
 from .governor import Governor
 from .journal import Job, JobState, Journal  # noqa: F401  (re-exported: the lifecycle's records)
-from .images import StillImage, wire_payload
+from .images import StillImage, payload_matches, wire_payload
 from .media import verify_video
 from .media_plan import DecodeOptions
 from .posting import post_recorded
@@ -177,6 +177,8 @@ class JobRunner:
             async with self._remote() as client:
                 if not fresh and job.state in (JobState.SUBMITTING, JobState.SUBMIT_UNKNOWN):
                     await self._reconcile(client, job)
+                    if (reused := await self._saved(job)) is not None:
+                        return reused
                 answer = await self._submit(client, job, deadline) if job.state is JobState.SUBMITTING else None
                 return await self._drive(client, job, deadline, answer, name)
 
@@ -293,7 +295,8 @@ class JobRunner:
         job.state, job.error = JobState.SUBMIT_UNKNOWN, why
         await self._record(job)
         found = (f" GMI lists jobs made then that may be it: {', '.join(candidates)}; collect one by its id."
-                 if candidates else " Look in GMI's console for a request made at that time and collect it by its id.")
+                 if candidates else " Look in GMI's console for a request made at that time and collect it by its id"
+                                    " (queueing this take again then gives that video).")
         raise SubmitUnknownError(
             f"{why.rstrip('.')}. So that it is not paid twice, this take will not be submitted again.{found} "
             f"Or change 'take' to pay for a new generation.")
@@ -303,20 +306,28 @@ class JobRunner:
         why = job.error or "the previous run stopped while submitting"
         started = job.submit_started_at
         listing = await client.list_requests(job.model_id) if started is not None else None
-        if listing is None:
-            await self._mark_submit_unknown(job, why)
         rows = await asyncio.to_thread(self.journal.all)
         others = {r.request_id for r in rows if r.request_id and r.key != job.key and not r.key.startswith("request:")}
-        collected = {r.request_id for r in rows if r.request_id and r.key.startswith("request:")}
-        verdict = reconcile.judge(listing, model_id=job.model_id, payload=job.payload, started=started,
-                                  lasted=client.timing.submit_timeout, others=others, collected=collected,
-                                  images=self.images)
+        collected = [r.request_id for r in rows if r.request_id and r.key.startswith("request:")]
+        if listing is None:
+            found = await self._collected_match(client, job, collected, others) if started is not None else None
+            if found is None:
+                await self._mark_submit_unknown(job, why)
+            verdict = reconcile.Verdict(found=found)
+        else:
+            verdict = reconcile.judge(listing, model_id=job.model_id, payload=job.payload, started=started,
+                                      lasted=client.timing.submit_timeout, others=others, collected=set(collected),
+                                      images=self.images)
         if verdict.found is not None:
             log.info("GMI %s: found request %s for the lost submit of take %d", job.model_id,
                      verdict.found.request_id, job.take)
             job.state, job.request_id, job.error = JobState.SUBMITTED, verdict.found.request_id, None
+            held = next((r for r in rows if r.request_id == job.request_id and r.state is JobState.SAVED), None)
+            if held is not None:  # collected by id and saved: this take is that file
+                job.state, job.path, job.media_url, job.finished_at = JobState.SAVED, held.path, held.media_url, \
+                    held.finished_at
             await self._record(job)
-            if verdict.found.terminal:
+            if verdict.found.terminal and job.state is JobState.SUBMITTED:
                 await self._finish(job, verdict.found)
             return
         if not verdict.candidates and verdict.covered:
@@ -327,6 +338,28 @@ class JobRunner:
         if not verdict.candidates:
             why = f"{why.rstrip('.')}; GMI's listing does not reach back to that time, so it proves nothing"
         await self._mark_submit_unknown(job, why, verdict.candidates)
+
+    COLLECTED_LOOKED_AT = 20  # newest jobs collected by id, read again when GMI offers no listing
+
+    async def _collected_match(self, client: GMIClient, job: Job, collected: list[str],
+                               others: set[str]) -> RemoteJob | None:
+        """Without GMI's listing: the job the user collected by its id (as our message asks) that this take's lost
+        POST made. Judged as a listing of those records alone, which can find a job but never prove none was made;
+        and the payload GMI echoes must be this take's, or missing from a record dated while the POST was out."""
+        records = []
+        for request_id in collected[-self.COLLECTED_LOOKED_AT:]:
+            try:
+                records.append(await client.status(request_id, deadline=self.clock() + 60))
+            except GMIError:
+                continue
+        found = reconcile.judge(Listing(records), model_id=job.model_id, payload=job.payload,
+                                started=job.submit_started_at, lasted=client.timing.submit_timeout, others=others,
+                                collected=set(collected), images=self.images).found
+        if found is None or payload_matches(found.raw.get("payload"), job.payload, self.images):
+            return found
+        # GMI echoed no payload: the one collected job made while the POST was out (as our message asks for) is it.
+        dated = reconcile.created_at(found.raw.get("created_at")) is not None
+        return found if found.raw.get("payload") is None and dated else None
 
     UNKNOWN_STATUS_READS = 3  # reads of a status word the pack cannot place before it stops waiting
     URL_REREADS = 3           # reads of a success that names no video before the user is told

@@ -81,6 +81,42 @@ async def test_lost_submit_answer_without_a_lookup_tells_the_user_and_never_resu
     assert len(gmi.post_bodies) == 1
 
 
+async def test_without_a_listing_collecting_the_id_as_told_then_queueing_again_pays_once(gmi, fake_time, tmp_path):
+    gmi.faults["post_after_create"].append("reset")
+    with pytest.raises(SubmitUnknownError):
+        await run(gmi, fake_time, tmp_path)
+    console = gmi.add_console_job({"prompt": "something else", "aspect_ratio": "16:9", "sound": "on"})
+    await make_runner(gmi, fake_time, tmp_path).collect(console, timeout_s=600)  # not this take's job
+    with pytest.raises(SubmitUnknownError):
+        await run(gmi, fake_time, tmp_path)
+    collected = await make_runner(gmi, fake_time, tmp_path).collect(gmi.created[0], timeout_s=600)  # its own
+    result = await run(gmi, fake_time, tmp_path)  # the take is queued again: it is that video
+    assert result.reused and result.path == collected.path and result.request_id == gmi.created[0]
+    assert len(gmi.post_bodies) == 1 and len(gmi.media_requests) == 2  # no new job, no second download
+
+
+async def test_without_a_listing_a_collected_job_without_an_echo_made_then_is_the_take(gmi, fake_time, tmp_path):
+    gmi.faults["post_after_create"].append("reset")
+    with pytest.raises(SubmitUnknownError):
+        await run(gmi, fake_time, tmp_path)
+    gmi.jobs[gmi.created[0]]["echo"] = False  # GMI echoes no payload; its date is while the POST was out
+    await make_runner(gmi, fake_time, tmp_path).collect(gmi.created[0], timeout_s=600)
+    result = await run(gmi, fake_time, tmp_path)
+    assert result.request_id == gmi.created[0] and len(gmi.post_bodies) == 1
+
+
+async def test_without_a_listing_a_collected_job_of_another_time_is_not_taken_for_the_take(gmi, fake_time, tmp_path):
+    gmi.faults["post_after_create"].append("reset")
+    with pytest.raises(SubmitUnknownError):
+        await run(gmi, fake_time, tmp_path)
+    gmi.jobs[gmi.created[0]]["echo"] = False  # the echo cannot tell
+    gmi.jobs[gmi.created[0]]["created_at"] -= 3600  # and GMI dates it an hour before the lost POST
+    await make_runner(gmi, fake_time, tmp_path).collect(gmi.created[0], timeout_s=600)
+    with pytest.raises(SubmitUnknownError):
+        await run(gmi, fake_time, tmp_path)
+    assert len(gmi.post_bodies) == 1
+
+
 async def test_lost_submit_answer_is_found_by_lookup_and_collected(gmi, fake_time, tmp_path, clips):
     gmi.listing = True
     gmi.faults["post_after_create"].append("reset")
