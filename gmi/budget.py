@@ -13,6 +13,7 @@ class SpendCap:
 
     def __init__(self, limit: float | None = None):
         self.limit = limit
+        self.scope = "this session. Raise the cap or restart ComfyUI to reset it"  # the command line says its own
         self.spent = 0.0
         self._lock = threading.Lock()
 
@@ -21,8 +22,8 @@ class SpendCap:
             if self.limit is not None and self.spent + price.amount > self.limit + 1e-9:
                 raise SpendCapError(
                     f"Spend cap reached: this take would cost about ${price.amount:.2f}, and ${self.spent:.2f} of the "
-                    f"${self.limit:.2f} cap (GMI_SPEND_CAP_USD) is already spent this session. Raise the cap or "
-                    f"restart ComfyUI to reset it; nothing was submitted.")
+                    f"${self.limit:.2f} cap (GMI_SPEND_CAP_USD) is already spent by {self.scope}; nothing was "
+                    "submitted.")
             self.spent += price.amount
 
     def release(self, price: Price) -> None:

@@ -344,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("SIGTERM", "SIGHUP"):
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), _stop_on_term)
+    connect.session_budget().scope = ("this command (each command has a cap of its own: a batch run again counts "
+                                      "from $0). Raise the cap to go on")
     try:
         return asyncio.run(_stoppable(COMMANDS[args.command](args)))
     except UnrecordedJobError as exc:  # paid, and the id is in the message: not a set-up fault

@@ -102,6 +102,7 @@ async def test_a_spend_cap_that_stops_the_only_job_exits_2(gmi, tmp_path):
     env = {**environment(gmi, tmp_path), "GMI_SPEND_CAP_USD": "0.10"}
     code, _, err = await cli_in(tmp_path, "generate", "--prompt", "x", "--out", "o", env=env)
     assert code == 2 and "Spend cap" in err and gmi.post_bodies == []
+    assert "each command has a cap of its own" in err and "ComfyUI" not in err
 
 
 async def test_jobs_lists_date_prompt_and_a_price_only_for_what_was_submitted(gmi, tmp_path):
