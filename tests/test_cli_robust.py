@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import signal
 from pathlib import Path
+
+import pytest
 
 from gmi_video_pack.gmi.jobs import Job, JobState, Journal, expected_seconds
 from gmi_video_pack.gmi.models import KLING_V3_T2V
@@ -148,3 +151,16 @@ async def test_waiting_on_an_unreachable_or_busy_gmi_is_never_silent(gmi, fake_t
         await run(gmi, fake_time, tmp_path, take=1)
     except GMIError as exc:
         assert "run it again" in str(exc) and "Queue again" not in str(exc)
+
+
+@pytest.mark.parametrize("missing", ["numpy", "aiohttp"])
+async def test_a_missing_dependency_is_one_line_with_the_pip_command(gmi, tmp_path, missing):
+    shadow = tmp_path / "shadow" / missing
+    shadow.mkdir(parents=True)  # this Python "lacks" the package: importing it fails as a missing one does
+    (shadow / "__init__.py").write_text(f"raise ModuleNotFoundError(\"No module named '{missing}'\", name='{missing}')\n")
+    env = {**environment(gmi, tmp_path), "PYTHONPATH": os.pathsep.join([str(tmp_path / 'shadow'), str(ROOT)])}
+    for args in (["--help"], ["generate", "--prompt", "x", "--out", "o"]):
+        code, out, err = await cli(*args, env=env, cwd=tmp_path)
+        assert code == 2 and one_error_line(err) and f"'{missing}' is missing" in err, err
+        assert "pip install -r requirements.txt" in err
+    assert gmi.post_bodies == []
