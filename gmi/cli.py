@@ -245,26 +245,37 @@ async def cmd_jobs(args) -> int:
     return EXIT_OK
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments are one line (what is wrong, where the help is), not the whole usage."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"error: {message} (see '{self.prog} --help'); nothing was submitted\n")
+
+
+def _path(text: str) -> Path:
+    return Path(text).expanduser()  # '~/videos' quoted, or from a batch of flags: the home folder, not a '~' folder
+
+
 def build_parser() -> argparse.ArgumentParser:
     prog = "python -m gmi" if Path(sys.argv[0]).name in ("__main__.py", "-m") else Path(sys.argv[0]).name
-    parser = argparse.ArgumentParser(prog=prog, description="GMI Cloud video from the command line: the same engine "
+    parser = _Parser(prog=prog, description="GMI Cloud video from the command line: the same engine "
                                      "and journal as the ComfyUI nodes (never pays twice for the same take).",
                                      epilog="Environment: GMI_API_KEY, GMI_HOME (default ~/.gmi_cloud: the key file "
                                      "'api_key' and the journal), GMI_JOURNAL, GMI_BASE_URL, GMI_SPEND_CAP_USD, "
-                                     "GMI_MAX_JOBS. Exit codes: 0 done, 1 a remote job failed, 2 bad input or set-up "
-                                     "(nothing submitted), 130 interrupted (started jobs are kept).")
-    journal = argparse.ArgumentParser(add_help=False)  # accepted before or after the subcommand
-    journal.add_argument("--journal", type=Path, default=argparse.SUPPRESS,
+                                     "GMI_MAX_JOBS, GMI_DECODER. Exit codes: 0 done, 1 a remote job failed, 2 bad input or "
+                                     "set-up (nothing submitted), 130 interrupted (started jobs are kept).")
+    journal = _Parser(add_help=False)  # accepted before or after the subcommand
+    journal.add_argument("--journal", type=_path, default=argparse.SUPPRESS,
                          help="the job journal (default: $GMI_JOURNAL, else jobs.sqlite3 in $GMI_HOME or ~/.gmi_cloud)")
     journal.add_argument("--new-journal", action="store_true", default=argparse.SUPPRESS,
                          help="start the journal named by --journal or $GMI_JOURNAL when it does not exist yet (else "
                               "refused: a mistyped path would not know the takes already paid for)")
-    parser.add_argument("--journal", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    parser.add_argument("--journal", type=_path, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     parser.add_argument("--new-journal", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def job_options(p):
-        p.add_argument("--out", type=Path, required=True, help="folder for the MP4s (made if missing)")
+        p.add_argument("--out", type=_path, required=True, help="folder for the MP4s (made if missing)")
         p.add_argument("--timeout-minutes", type=int, default=30, metavar="N",
                        help="stop waiting after N minutes, 1-1440; the job is kept (default 30)")
         p.add_argument("--rehearse", action="store_true",
@@ -278,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt", help="what happens in the video (1-2500 characters; not for a storyboard)")
     gen.add_argument("--image", metavar="FILE", help="image to video: the first frame (PNG or JPEG)")
     gen.add_argument("--end-image", metavar="FILE", help="image to video: the last frame (optional)")
-    gen.add_argument("--storyboard", type=Path, metavar="FILE",
+    gen.add_argument("--storyboard", type=_path, metavar="FILE",
                      help="kling-v3-omni: the shots, one 'seconds | prompt' line each (or a JSON list)")
     gen.add_argument("--mode", choices=["std", "pro"], help="kling-v3-omni: std 720p (default) or pro 1080p")
     gen.add_argument("--negative", metavar="TEXT", help="what to avoid (default: nothing)")
@@ -293,14 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
     job_options(gen)
     batch = sub.add_parser("batch", parents=[journal],
                            help="one job per JSON line; running the file again collects what exists")
-    batch.add_argument("file", type=Path, help="JSONL, one object per line: prompt (required), negative_prompt, "
+    batch.add_argument("file", type=_path, help="JSONL, one object per line: prompt (required), negative_prompt, "
                        "duration, aspect_ratio, sound (true/false), take, name (used in the file name); for image "
                        "to video also model, image and end_image (files beside the batch file)")
     batch.add_argument("--concurrency", type=int, default=4, metavar="N", help="jobs at once (default 4)")
     job_options(batch)
     collect = sub.add_parser("collect", parents=[journal], help="fetch an existing request's video; submits nothing")
     collect.add_argument("request_id", metavar="REQUEST_ID", help="from a request_id line, an error or GMI's console")
-    collect.add_argument("--out", type=Path, required=True, help="folder for the MP4 (made if missing)")
+    collect.add_argument("--out", type=_path, required=True, help="folder for the MP4 (made if missing)")
     collect.add_argument("--timeout-minutes", type=int, default=30, metavar="N",
                          help="stop waiting after N minutes (default 30)")
     sub.add_parser("jobs", parents=[journal], help="list the journal: date, model, prompt, take, state, price, file")

@@ -130,6 +130,7 @@ class JobRunner:
         (it is downloaded again from the known request, never bought again)."""
         if job is None or job.state is not JobState.SAVED or not job.path or not Path(job.path).is_file():
             return None
+        await asyncio.to_thread(preflight.check_decoder)  # no decoder: say so, not that the file is damaged
         try:
             await asyncio.to_thread(verify_video, Path(job.path))
         except MediaError as exc:

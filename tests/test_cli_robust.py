@@ -164,3 +164,12 @@ async def test_a_missing_dependency_is_one_line_with_the_pip_command(gmi, tmp_pa
         assert code == 2 and one_error_line(err) and f"'{missing}' is missing" in err, err
         assert "pip install -r requirements.txt" in err
     assert gmi.post_bodies == []
+
+
+@pytest.mark.parametrize("args", [["generate", "--prompt", "x", "--duration", "abc", "--out", "o"],
+                                  ["generate", "--duraton", "5", "--prompt", "x", "--out", "o"],
+                                  ["gnerate", "--prompt", "x"], ["generate", "--prompt", "x"]])
+async def test_a_wrong_flag_is_one_line_that_points_to_the_help(gmi, tmp_path, args):
+    code, out, err = await cli_in(tmp_path, *args, env=environment(gmi, tmp_path))
+    assert code == 2 and one_error_line(err) and "--help" in err and "usage:" not in err, err
+    assert gmi.post_bodies == []

@@ -24,6 +24,18 @@ async def test_no_decoder_refuses_before_paying(gmi, fake_time, tmp_path, monkey
     assert gmi.api_requests == []
 
 
+async def test_a_saved_take_without_a_decoder_says_so_and_is_not_called_damaged(gmi, fake_time, tmp_path, monkeypatch,
+                                                                                caplog):
+    saved = await make_runner(gmi, fake_time, tmp_path).run(KLING_V3_T2V, payload(), 0, timeout_s=600)
+    monkeypatch.setenv("GMI_DECODER", "pyav")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setitem(sys.modules, "av", None)
+    with pytest.raises(InputError, match="PyAV does not work"):
+        await make_runner(gmi, fake_time, tmp_path).run(KLING_V3_T2V, payload(), 0, timeout_s=600)
+    assert "damaged" not in caplog.text and saved.path.is_file()
+    assert len(gmi.post_bodies) == 1 and len(gmi.media_requests) == 1  # nothing bought or fetched again
+
+
 async def test_frames_that_would_not_fit_in_memory_are_refused_before_paying(gmi, fake_time, tmp_path, monkeypatch):
     monkeypatch.setattr(preflight, "available_memory", lambda: 1 << 30)  # 1 GiB free; 15 s of 720p needs 3.8
     runner = make_runner(gmi, fake_time, tmp_path)
