@@ -32,6 +32,8 @@ from .journal import Job, JobState, Journal  # noqa: F401  (re-exported: the lif
 from .images import StillImage, payload_matches, wire_payload
 from .media import verify_video
 from .media_plan import DecodeOptions
+from . import posting
+from .net import Timing
 from .posting import post_recorded
 from .models import CATALOGUE, ModelSpec, Price, check_request_id, parse_gmi_price
 from .budget import SpendCap  # noqa: F401  (re-exported)
@@ -125,6 +127,12 @@ class JobRunner:
         # Shielded: a cancel arriving mid-write must not lose what was just learned (a request id, a file).
         await asyncio.shield(asyncio.to_thread(self.journal.record, job))
 
+    async def _after_a_post_in_flight(self, key: str) -> None:
+        """A stopped run of this take may have left its POST out (it runs on to its answer): wait for that answer."""
+        if posting.answer_pending(key):
+            self.on_progress(Progress("submitting", "waiting for GMI's answer to this take's earlier submit", 0.0))
+            await asyncio.to_thread(posting.wait_for_answer, key, Timing().submit_timeout + 60)
+
     async def _saved(self, job: Job | None) -> JobResult | None:
         """The saved video, when it is still there and whole; a file cut short or overwritten counts as missing
         (it is downloaded again from the known request, never bought again)."""
@@ -165,6 +173,7 @@ class JobRunner:
         key = job_key(spec.model_id, payload, take, rehearse)
         deadline = self.clock() + timeout_s
         async with self._hold(key):
+            await self._after_a_post_in_flight(key)
             job = await asyncio.to_thread(self.journal.get, key)
             if (reused := await self._saved(job)) is not None:
                 return reused

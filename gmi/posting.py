@@ -39,8 +39,41 @@ async def post_recorded(journal: Journal, client: GMIClient, job: Job, wire: dic
         raise asyncio.CancelledError() from None
 
 
+# Takes whose POST is out on a worker thread, whatever became of the run that sent it: a new run of the same take
+# waits for the answer (else it would find SUBMITTING, 'answer lost', while the answer is on its way).
+_in_flight: dict[str, threading.Event] = {}
+_in_flight_lock = threading.Lock()
+
+
+def answer_pending(key: str) -> bool:
+    with _in_flight_lock:
+        return key in _in_flight
+
+
+def wait_for_answer(key: str, timeout: float) -> None:
+    """Blocks (call it on a worker thread) until an earlier POST of this take is answered and recorded."""
+    with _in_flight_lock:
+        done = _in_flight.get(key)
+    if done is not None:
+        done.wait(timeout)
+
+
 def _send(journal: Journal, client: GMIClient, job: Job, wire: dict, wall_clock: Callable[[], float],
           sent: threading.Event, stop: threading.Event) -> RemoteJob | None:
+    done = threading.Event()
+    with _in_flight_lock:
+        _in_flight[job.key] = done
+    try:
+        return _send_and_record(journal, client, job, wire, wall_clock, sent, stop)
+    finally:
+        with _in_flight_lock:
+            if _in_flight.get(job.key) is done:
+                del _in_flight[job.key]
+        done.set()
+
+
+def _send_and_record(journal: Journal, client: GMIClient, job: Job, wire: dict, wall_clock: Callable[[], float],
+                     sent: threading.Event, stop: threading.Event) -> RemoteJob | None:
     job.state, job.submit_started_at = JobState.SUBMITTING, wall_clock()
     journal.record(job)  # before the POST: a crash during it is then known
     if stop.is_set():

@@ -162,6 +162,27 @@ def test_comfyui_tearing_the_prompt_down_during_the_post_keeps_the_paid_request_
         loop.call_soon_threadsafe(loop.stop)
 
 
+async def test_a_run_stopped_hard_during_the_post_then_queued_again_waits_for_the_answer(gmi, tmp_path):
+    """The prompt torn down (the run cancelled twice) while the POST is out, then the take queued again at once: the
+    new run waits for the answer the old one left on its way, and re-attaches to it."""
+    gmi.faults["post"].append(answer_late(gmi, 0.5))
+
+    def runner():
+        return JobRunner(journal(tmp_path), lambda: GMIClient(gmi.base_url, gmi.key, timing=Timing()),
+                         tmp_path / "output", poll=PollPolicy(first=0.05, cap=0.05))
+
+    first = asyncio.ensure_future(runner().run(KLING_V3_T2V, payload(), 0, timeout_s=60))
+    while not gmi.jobs:
+        await asyncio.sleep(0.01)
+    first.cancel()
+    await asyncio.sleep(0.01)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    result = await runner().run(KLING_V3_T2V, payload(), 0, timeout_s=60)
+    assert gmi.created == [result.request_id] and len(gmi.post_bodies) == 1
+
+
 @pytest.mark.parametrize("signals", [["SIGINT"], ["SIGINT", "SIGINT"], ["SIGTERM"], ["SIGHUP"], ["SIGTERM", "SIGINT"]])
 async def test_a_kill_during_the_post_keeps_the_paid_request_id(gmi, tmp_path, signals):
     """Ctrl-C (once, or twice in impatience), a kill, a closed terminal: the answer is waited for and recorded."""
