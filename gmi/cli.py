@@ -30,7 +30,7 @@ from .models import CATALOGUE, KLING_V3_T2V, ModelSpec, check_take, check_timeou
 from .terminal import Printer, one_line
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
-HOME = Path(os.environ.get("GMI_HOME", Path.home() / ".gmi_cloud")).absolute()
+HOME = Path(os.environ.get("GMI_HOME") or Path.home() / ".gmi_cloud").expanduser()  # absolute: checked in main
 ASPECTS = KLING_V3_T2V.param("aspect_ratio").options
 FLAGS = {"image": "--image", "end_image": "--end-image", "model": "--model", "storyboard": "--storyboard",
          "mode": "--mode", "prompt": "--prompt", "negative_prompt": "--negative", "duration": "--duration",
@@ -319,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def default_journal() -> Path:
-    return Path(os.environ.get("GMI_JOURNAL") or HOME / "jobs.sqlite3")
+    return Path(os.environ.get("GMI_JOURNAL") or HOME / "jobs.sqlite3").expanduser()
 
 
 COMMANDS = {"generate": cmd_generate, "batch": cmd_batch, "collect": cmd_collect, "jobs": cmd_jobs}
@@ -335,7 +335,7 @@ async def _stoppable(command):
     carried to its answer and recorded, cleanups run and ffmpeg children are stopped."""
     task, loop = asyncio.current_task(), asyncio.get_running_loop()
     for name in ("SIGTERM", "SIGHUP"):
-        if hasattr(signal, name):
+        if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) is not signal.SIG_IGN:  # nohup
             try:
                 loop.add_signal_handler(getattr(signal, name), task.cancel)
             except (NotImplementedError, RuntimeError):
@@ -345,6 +345,10 @@ async def _stoppable(command):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not HOME.is_absolute():  # a relative GMI_HOME would give every folder a journal (and key) of its own
+        print(f"error: GMI_HOME must be an absolute path, not {str(HOME)!r} (e.g. {Path.home() / '.gmi_cloud'}); "
+              "nothing was submitted", file=sys.stderr)
+        return EXIT_BAD_INPUT
     named = getattr(args, "journal", None) or os.environ.get("GMI_JOURNAL")
     args.journal = Path(getattr(args, "journal", None) or default_journal()).absolute()
     if named and not args.journal.exists() and not (args.command == "collect" or getattr(args, "new_journal", False)):
@@ -353,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
               "--new-journal to start one there", file=sys.stderr)
         return EXIT_BAD_INPUT
     for name in ("SIGTERM", "SIGHUP"):
-        if hasattr(signal, name):
+        if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) is not signal.SIG_IGN:  # nohup
             signal.signal(getattr(signal, name), _stop_on_term)
     connect.session_budget().scope = ("this command (each command has a cap of its own: a batch run again counts "
                                       "from $0). Raise the cap to go on")

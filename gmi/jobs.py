@@ -16,7 +16,6 @@ import logging
 import os
 import re
 import shutil
-import threading
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -185,7 +184,9 @@ class JobRunner:
             else:
                 fresh = False
             async with self._remote() as client:
-                if not fresh and job.state in (JobState.SUBMITTING, JobState.SUBMIT_UNKNOWN):
+                if not fresh and job.state in (JobState.SUBMITTING, JobState.SUBMIT_UNKNOWN) and job.rehearsal:
+                    job.state = JobState.SUBMITTING  # a rehearsal is free: its lost answer is simply asked again
+                elif not fresh and job.state in (JobState.SUBMITTING, JobState.SUBMIT_UNKNOWN):
                     await self._reconcile(client, job)
                     if (reused := await self._saved(job)) is not None:
                         return reused
@@ -245,16 +246,17 @@ class JobRunner:
         if price is not None and self.budget is not None:
             self.budget.reserve(price)
         job.price = price.amount if price is not None else None
-        sent = threading.Event()  # set just before the POST leaves
+        attempts: list[posting.Attempt] = []  # one per try at the POST (a 429 makes another)
         try:
-            return await self._submit_paid(client, job, deadline, price, sent)
+            return await self._submit_paid(client, job, deadline, price, attempts)
         except BaseException:
-            if price is not None and self.budget is not None and (job.state is JobState.FAILED or not sent.is_set()):
+            unsent = not attempts or not attempts[-1].sent  # earlier tries were refused: they made nothing
+            if price is not None and self.budget is not None and (job.state is JobState.FAILED or unsent):
                 self.budget.release(price)  # nothing was created: the cap must not count it
             raise
 
     async def _submit_paid(self, client: GMIClient, job: Job, deadline: float, price: Price | None,
-                           sent: threading.Event) -> RemoteJob:
+                           attempts: list[posting.Attempt]) -> RemoteJob:
         cost = f", estimated {price}" if price is not None else (" (rehearsal: nothing is paid)" if job.rehearsal else "")
         attempt = 0
         while True:
@@ -263,9 +265,10 @@ class JobRunner:
             where = "the rehearsal stand-in" if job.rehearsal else "GMI"
             self.on_progress(Progress("submitting", f"submitting to {where}{cost}", 0.0))
             try:
+                attempts.append(posting.Attempt())
                 remote, cancelled = await post_recorded(self.journal, client, job,
-                                                        wire_payload(job.payload, self.images), self.wall_clock, sent,
-                                                        self._holding_for_the_answer)
+                                                        wire_payload(job.payload, self.images), self.wall_clock,
+                                                        attempts[-1], self._holding_for_the_answer)
             except RateLimitedError as exc:  # nothing was created: wait and try again, within the deadline
                 # On a 429 the governor holds every request for GMI's Retry-After, and says so: no wait of our own.
                 governed = exc.status == 429 and client.governor is not None
@@ -285,7 +288,6 @@ class JobRunner:
             break
         if remote is None:  # stopped before the POST left: nothing was sent, the take stays free to queue again
             raise asyncio.CancelledError()
-        log.info("GMI %s: submitted take %d as request %s", job.model_id, job.take, remote.request_id)
         self.on_progress(Progress("queued", f"submitted as request {remote.request_id}", 0.0, remote.request_id))
         if remote.terminal:
             await self._finish(job, remote)
@@ -320,7 +322,7 @@ class JobRunner:
         others = {r.request_id for r in rows if r.request_id and r.key != job.key and not r.key.startswith("request:")}
         collected = [r.request_id for r in rows if r.request_id and r.key.startswith("request:")]
         if listing is None:
-            found = await self._collected_match(client, job, collected, others) if started is not None else None
+            found = await self._collected_match(client, job, rows, collected, others) if started is not None else None
             if found is None:
                 await self._mark_submit_unknown(job, why)
             verdict = reconcile.Verdict(found=found)
@@ -336,7 +338,11 @@ class JobRunner:
             if held is not None:  # collected by id and saved: this take is that file
                 job.state, job.path, job.media_url, job.finished_at = JobState.SAVED, held.path, held.media_url, \
                     held.finished_at
-            await self._record(job)
+            if not await asyncio.shield(asyncio.to_thread(self.journal.claim, job)):
+                # Another take (reconciled at the same moment) has it: two takes never share one paid job.
+                job.state, job.request_id, job.path, job.media_url = JobState.SUBMIT_UNKNOWN, None, None, None
+                await self._mark_submit_unknown(job, f"{why.rstrip('.')}; the job GMI made then "
+                                                     f"({verdict.found.request_id}) belongs to another take")
             if verdict.found.terminal and job.state is JobState.SUBMITTED:
                 await self._finish(job, verdict.found)
             return
@@ -351,7 +357,7 @@ class JobRunner:
 
     COLLECTED_LOOKED_AT = 20  # newest jobs collected by id, read again when GMI offers no listing
 
-    async def _collected_match(self, client: GMIClient, job: Job, collected: list[str],
+    async def _collected_match(self, client: GMIClient, job: Job, rows: list[Job], collected: list[str],
                                others: set[str]) -> RemoteJob | None:
         """Without GMI's listing: the job the user collected by its id (as our message asks) that this take's lost
         POST made. Judged as a listing of those records alone, which can find a job but never prove none was made;
@@ -367,9 +373,16 @@ class JobRunner:
                                 collected=set(collected), images=self.images).found
         if found is None or payload_matches(found.raw.get("payload"), job.payload, self.images):
             return found
-        # GMI echoed no payload: the one collected job made while the POST was out (as our message asks for) is it.
-        dated = reconcile.created_at(found.raw.get("created_at")) is not None
-        return found if found.raw.get("payload") is None and dated else None
+        # GMI echoed no payload: the one collected job made while the POST was out (as our message asks for) is it,
+        # unless another take's lost POST was out then too (it may be that take's).
+        made = reconcile.created_at(found.raw.get("created_at"))
+        if found.raw.get("payload") is not None or made is None:
+            return None
+        lasted = client.timing.submit_timeout
+        rivals = [r for r in rows if r.key != job.key and r.model_id == job.model_id and not r.rehearsal and
+                  r.state in (JobState.SUBMITTING, JobState.SUBMIT_UNKNOWN) and r.submit_started_at is not None and
+                  r.submit_started_at - reconcile.SKEW <= made <= r.submit_started_at + lasted + reconcile.SKEW]
+        return None if rivals else found
 
     UNKNOWN_STATUS_READS = 3  # reads of a status word the pack cannot place before it stops waiting
     URL_REREADS = 3           # reads of a success that names no video before the user is told

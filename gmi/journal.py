@@ -189,20 +189,47 @@ class Journal:
             (model_id,)).fetchall())
         return [(json.loads(payload), seconds) for payload, seconds in rows if seconds and seconds > 0]
 
-    def record(self, job: Job) -> None:
-        """Write the whole row (insert or replace); ``updated_at`` is set now."""
+    def _values(self, job: Job) -> list:
         job.updated_at = time.time()
         job.created_at = job.created_at or job.updated_at
         values = [getattr(job, c) for c in self._COLUMNS]
         values[self._COLUMNS.index("payload")] = json.dumps(job.payload, sort_keys=True, ensure_ascii=False)
         values[self._COLUMNS.index("state")] = job.state.value
+        return values
+
+    def _insert(self, db: sqlite3.Connection, values: list) -> None:
+        db.execute(f"INSERT OR REPLACE INTO jobs ({', '.join(self._COLUMNS)}) "
+                   f"VALUES ({', '.join('?' * len(self._COLUMNS))})", values)
+
+    def record(self, job: Job) -> None:
+        """Write the whole row (insert or replace); ``updated_at`` is set now."""
+        values = self._values(job)
 
         def write(db: sqlite3.Connection) -> None:
             with db:
-                db.execute(f"INSERT OR REPLACE INTO jobs ({', '.join(self._COLUMNS)}) "
-                           f"VALUES ({', '.join('?' * len(self._COLUMNS))})", values)
+                self._insert(db, values)
 
         self._use(write)
+
+    def claim(self, job: Job) -> bool:
+        """Records ``job`` as the take that made its request, unless another take already holds that request id (two
+        takes never share one paid job), in one transaction against other processes. Returns whether it did."""
+        values = self._values(job)
+
+        def write(db: sqlite3.Connection) -> bool:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                held = db.execute("SELECT 1 FROM jobs WHERE request_id = ? AND key != ? AND key NOT LIKE 'request:%' "
+                                  "LIMIT 1", (job.request_id, job.key)).fetchone()
+                if held is None:
+                    self._insert(db, values)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return held is None
+
+        return self._use(write)
 
 
 

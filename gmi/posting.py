@@ -8,6 +8,7 @@ POST leaves stops it there (nothing sent, the take free to queue again).
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from typing import Callable
 
@@ -15,27 +16,48 @@ from .client import GMIClient, RemoteJob
 from .errors import GMIError, JournalError, SubmitUnknownError, UnrecordedJobError
 from .journal import Job, JobState, Journal
 
+log = logging.getLogger("gmi")
+
+
+class Attempt:
+    """One try at the POST: either it is stopped before it leaves, or it is sent; never both (one lock decides)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.stopped = self.sent = False
+
+    def stop(self) -> bool:
+        """No sending from now on; returns whether it had already left."""
+        with self._lock:
+            self.stopped = True
+            return self.sent
+
+    def send(self) -> bool:
+        """Marks it sent, unless it was stopped first (then returns False)."""
+        with self._lock:
+            if not self.stopped:
+                self.sent = True
+            return self.sent
+
 
 async def post_recorded(journal: Journal, client: GMIClient, job: Job, wire: dict, wall_clock: Callable[[], float],
-                        sent: threading.Event, on_hold: Callable[[], None]) -> tuple[RemoteJob | None, bool]:
+                        attempt: Attempt, on_hold: Callable[[], None]) -> tuple[RemoteJob | None, bool]:
     """GMI's answer to the POST (None: stopped before sending), and whether a cancel arrived meanwhile. A cancel
     waits for the answer (it says whether a paid job exists), and ``on_hold`` says so; a second cancel leaves the
     thread to record it."""
-    stop = threading.Event()
-    post = asyncio.ensure_future(asyncio.to_thread(_send, journal, client, job, wire, wall_clock, sent, stop))
+    post = asyncio.ensure_future(asyncio.to_thread(_send, journal, client, job, wire, wall_clock, attempt))
     try:
         return await asyncio.shield(post), False
     except asyncio.CancelledError:
-        stop.set()  # not sent yet: then it never will be
+        if attempt.stop():
+            on_hold()
         if post.cancelled():
             raise
-        if sent.is_set():
-            on_hold()
     try:
         return await post, True
-    except JournalError:  # a paid id the journal could not take, or nothing sent: the user must read it
+    except (SubmitUnknownError, JournalError):  # a job may be billed, or a paid id went unrecorded: say so
         raise
-    except GMIError:  # the thread recorded what GMI said; the run was stopped anyway
+    except GMIError:  # refused or unreachable, recorded by the thread: nothing was made, and the run was stopped
         raise asyncio.CancelledError() from None
 
 
@@ -59,12 +81,12 @@ def wait_for_answer(key: str, timeout: float) -> None:
 
 
 def _send(journal: Journal, client: GMIClient, job: Job, wire: dict, wall_clock: Callable[[], float],
-          sent: threading.Event, stop: threading.Event) -> RemoteJob | None:
+          attempt: Attempt) -> RemoteJob | None:
     done = threading.Event()
     with _in_flight_lock:
         _in_flight[job.key] = done
     try:
-        return _send_and_record(journal, client, job, wire, wall_clock, sent, stop)
+        return _send_and_record(journal, client, job, wire, wall_clock, attempt)
     finally:
         with _in_flight_lock:
             if _in_flight.get(job.key) is done:
@@ -73,10 +95,10 @@ def _send(journal: Journal, client: GMIClient, job: Job, wire: dict, wall_clock:
 
 
 def _send_and_record(journal: Journal, client: GMIClient, job: Job, wire: dict, wall_clock: Callable[[], float],
-                     sent: threading.Event, stop: threading.Event) -> RemoteJob | None:
+                     attempt: Attempt) -> RemoteJob | None:
     job.state, job.submit_started_at = JobState.SUBMITTING, wall_clock()
     journal.record(job)  # before the POST: a crash during it is then known
-    if stop.is_set():
+    if not attempt.send():
         job.state, job.error = JobState.FAILED, "stopped before submitting: nothing was sent"
         journal.record(job)
         return None
@@ -85,7 +107,6 @@ def _send_and_record(journal: Journal, client: GMIClient, job: Job, wire: dict, 
         async with client.twin() as twin:
             return await twin.submit(job.model_id, wire, paced=True)
 
-    sent.set()
     try:
         remote = asyncio.run(post())
     except SubmitUnknownError as exc:
@@ -100,12 +121,16 @@ def _send_and_record(journal: Journal, client: GMIClient, job: Job, wire: dict, 
         job.state, job.error = JobState.SUBMIT_UNKNOWN, f"the submit stopped ({type(exc).__name__})"
         journal.record(job)
         raise
+    # Logged at once, before the journal: the id reaches the log even if the run that asked has gone.
+    log.info("GMI %s: submitted take %d as request %s", job.model_id, job.take, remote.request_id)
     job.state, job.request_id = JobState.SUBMITTED, remote.request_id
     try:
         journal.record(job)
     except JournalError as exc:
         # Paid, and the journal cannot say so: the id must reach the user whatever happens next.
-        raise UnrecordedJobError(f"GMI accepted the job as request {remote.request_id}, but the journal could "
-                                 f"not record it. {exc} Then collect it by that id (the Collect node, or the "
-                                 "command line's collect) rather than queueing the take again.") from None
+        unrecorded = UnrecordedJobError(f"GMI accepted the job as request {remote.request_id}, but the journal "
+                                        f"could not record it. {exc} Then collect it by that id (the Collect node, or "
+                                        "the command line's collect) rather than queueing the take again.")
+        log.error("%s", unrecorded)
+        raise unrecorded from None
     return remote

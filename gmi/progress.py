@@ -89,10 +89,13 @@ def describe_wait(stage: str, elapsed: float, eta: float | None, where: str = "G
     return f"processing at {where}, {clock(elapsed)}: taking longer than usual (usually about {clock(eta)})", 0.95
 
 
-def interrupted_text(request_id: str | None, rehearsal: bool = False) -> str:
+def interrupted_text(request_id: str | None, rehearsal: bool = False, submitting: bool = False) -> str:
     """What a stopped run says under the node: where the job is, and that queueing again costs nothing."""
     if rehearsal:
         return "interrupted: a rehearsal costs nothing; queue again to run it again."
+    if request_id is None and submitting:  # the POST may be out: its answer is recorded when it arrives
+        return ("interrupted while submitting: if GMI took the job, the pack records it when GMI answers. Queue the "
+                "same inputs again to collect it; it is paid for once either way.")
     if request_id is None:
         return "interrupted before anything was submitted: nothing was paid."
     return (f"interrupted: the job is kept at GMI as request {request_id}. Queue the same inputs again to collect "

@@ -50,6 +50,8 @@ async def until_interrupted(coro, reporter: "Reporter"):
             if comfy.model_management.processing_interrupted():
                 task.cancel()
                 await asyncio.wait({task})
+                if not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # the engine's own words win (e.g. a submit whose answer was lost)
                 reporter.stopped()
                 check_interrupt()
                 return task.result()
@@ -66,11 +68,13 @@ class Reporter:
         self.unique_id = unique_id
         self.rehearsal = rehearsal
         self.request_id: str | None = None
+        self.stage = ""
         self.percent = 0.0
         self.bar = comfy.utils.ProgressBar(100, node_id=unique_id)
 
     def __call__(self, event: Progress) -> None:
         self.request_id = event.request_id or self.request_id
+        self.stage = event.stage
         self.percent = max(self.percent, percent_done(event))  # a bar never moves back (a wait, a retry)
         try:
             self.bar.update_absolute(round(self.percent), 100)
@@ -83,7 +87,7 @@ class Reporter:
 
     def stopped(self) -> None:
         """The last word under a node whose run was stopped: the truth about the job, not its last progress line."""
-        self.text(interrupted_text(self.request_id, self.rehearsal))
+        self.text(interrupted_text(self.request_id, self.rehearsal, submitting=self.stage == "submitting"))
 
     def text(self, text: str) -> None:
         server = PromptServer.instance
