@@ -237,6 +237,36 @@ async def test_cancel_while_polling_stops_fast_and_requeue_collects_without_payi
     assert len(gmi.post_bodies) == 1
 
 
+async def test_cancel_while_the_post_is_out_and_its_answer_is_lost_says_a_job_may_be_billed(host, gmi):
+    cut = asyncio.Event()
+
+    async def made_then_cut(request):  # GMI makes the job; the answer is lost after the user pressed Cancel
+        body = gmi.post_bodies[-1]
+        rid = uuid.uuid4().hex
+        gmi.jobs[rid] = {"rid": rid, "model": body["model"], "payload": body["payload"], "status": "queued",
+                         "reads": 0, "created_at": int(gmi.wall())}
+        await cut.wait()
+        request.transport.abort()
+        return aiohttp.web.Response(status=500)
+
+    gmi.faults["post"].append(made_then_cut)
+    graph = example_graph(await host.get("/object_info"))
+    prompt_id = await host.queue(graph)
+    for _ in range(300):
+        if gmi.jobs:
+            break
+        await asyncio.sleep(0.1)
+    await host.interrupt()
+    await asyncio.sleep(0.5)
+    cut.set()
+    entry = await host.wait(prompt_id)
+    messages = json.dumps(entry["status"]["messages"])
+    assert entry["status"]["status_str"] == "error" and "billed" in messages, messages  # not "nothing was paid"
+    entry = await host.wait(await host.queue(graph))
+    assert "not be submitted again" in json.dumps(entry["status"]["messages"])
+    assert len(gmi.post_bodies) == 1
+
+
 async def test_killed_while_polling_then_restarted_reattaches_without_paying(host, gmi):
     gmi.never_finish = True
     graph = example_graph(await host.get("/object_info"))
