@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import connect
+from . import connect, posting
+from .net import Timing
 from .errors import (GMIError, InputError, JournalError, KeyMissingError, MediaError, SpendCapError,
                      UnrecordedJobError)
 from .jobs import Journal, JobState
@@ -114,24 +116,36 @@ def with_flag_names(exc: InputError) -> InputError:
 
 
 def write_extras(args, video: Path) -> list[Path]:
-    """The WAV and PNG frames asked for, next to the MP4."""
+    """The WAV and PNG frames asked for, next to the MP4, each under a temporary name until it is whole; a failure
+    (a full disk) is one line that names the file and says the paid video is safe."""
     made = []
-    if getattr(args, "wav", False):
-        wave_data, rate = decode_audio(video, probe(video))
-        target = video.with_suffix(".wav")
-        pcm = (np.clip(wave_data.T, -1, 1) * 32767).astype("<i2")
-        with wave.open(str(target), "wb") as out:
-            out.setnchannels(pcm.shape[1])
-            out.setsampwidth(2)
-            out.setframerate(rate)
-            out.writeframes(pcm.tobytes())
-        made.append(target)
-    if getattr(args, "png", False):
-        folder = video.with_name(video.stem + "_frames")
-        folder.mkdir(exist_ok=True)
-        run_child([ffmpeg_exe(), "-v", "error", "-y", "-i", str(video), "-fps_mode", "passthrough",
-                   str(folder / "%05d.png")], check=True)
-        made.append(folder)
+    try:
+        if getattr(args, "wav", False):
+            wave_data, rate = decode_audio(video, probe(video))
+            target = video.with_suffix(".wav")
+            part = target.with_name(target.name + ".part")
+            pcm = (np.clip(wave_data.T, -1, 1) * 32767).astype("<i2")
+            with open(part, "wb") as raw, wave.open(raw, "wb") as out:  # a failed open leaves no half writer
+                out.setnchannels(pcm.shape[1])
+                out.setsampwidth(2)
+                out.setframerate(rate)
+                out.writeframes(pcm.tobytes())
+            os.replace(part, target)
+            made.append(target)
+        if getattr(args, "png", False):
+            target = video.with_name(video.stem + "_frames")
+            part = target.with_name(target.name + ".part")
+            shutil.rmtree(part, ignore_errors=True)
+            part.mkdir()
+            run_child([ffmpeg_exe(), "-v", "error", "-y", "-i", str(video), "-fps_mode", "passthrough",
+                       str(part / "%05d.png")], check=True)
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(part, target)
+            made.append(target)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "ffmpeg could not write the frames"
+        raise MediaError(f"Could not write {target.name} ({why}). The video is saved at {video}; free some space and "
+                         "run the same command again (nothing is paid again).") from None
     return made
 
 
@@ -229,7 +243,8 @@ async def cmd_collect(args) -> int:
 
 
 async def cmd_jobs(args) -> int:
-    jobs = await asyncio.to_thread(Journal(args.journal).all)
+    exists = args.journal.is_file()
+    jobs = await asyncio.to_thread(Journal(args.journal).all) if exists else []  # listing creates no journal
     print(f"{'date':16}  {'model':22}  {'prompt':30}  take  {'state':24}  {'price':>7}  {'request_id':34}  file")
     for job in jobs:
         submitted = job.request_id is not None or job.state is JobState.SUBMIT_UNKNOWN  # only those may be billed
@@ -253,7 +268,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _path(text: str) -> Path:
-    return Path(text).expanduser()  # '~/videos' quoted, or from a batch of flags: the home folder, not a '~' folder
+    try:
+        return Path(text).expanduser()  # '~/videos' quoted: the home folder, not a folder named '~'
+    except RuntimeError:  # '~someone' who is not a user here
+        raise argparse.ArgumentTypeError(f"{text!r}: no such user's home folder") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -330,6 +348,26 @@ def _stop_on_term(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def _wait_for_answers_in_flight() -> None:
+    """A POST still out on its worker thread (the loop was stopped hard): its answer is recorded when it comes, and
+    leaving first would lose a paid job's id. So the command waits for it, whatever is pressed meanwhile."""
+    if not posting.answer_pending():
+        return
+
+    def still(signum, frame) -> None:
+        print("still waiting for GMI's answer to the submit (its job id must be recorded)", file=sys.stderr)
+
+    print(f"waiting for GMI's answer to the submit, so a paid job's id is recorded (at most "
+          f"{Timing().submit_timeout:.0f} s)", file=sys.stderr)
+    stops = [getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    previous = {sig: signal.signal(sig, still) for sig in stops}
+    try:
+        posting.wait_for_all_answers(Timing().submit_timeout + 60)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 async def _stoppable(command):
     """A kill (SIGTERM, a closed terminal) ends like Ctrl-C: the command's task is cancelled, so a POST under way is
     carried to its answer and recorded, cleanups run and ffmpeg children are stopped."""
@@ -351,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     named = getattr(args, "journal", None) or os.environ.get("GMI_JOURNAL")
     args.journal = Path(getattr(args, "journal", None) or default_journal()).absolute()
-    if named and not args.journal.exists() and not (args.command == "collect" or getattr(args, "new_journal", False)):
+    empty = not args.journal.is_file() or args.journal.stat().st_size == 0  # a 0-byte file knows no take either
+    if named and empty and not (args.command == "collect" or getattr(args, "new_journal", False)):
         # A mistyped journal would not know the takes already paid for, and pay for them again.
         print(f"error: there is no journal at {args.journal}: check the path (--journal or GMI_JOURNAL), or add "
               "--new-journal to start one there", file=sys.stderr)
@@ -359,9 +398,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("SIGTERM", "SIGHUP"):
         if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) is not signal.SIG_IGN:  # nohup
             signal.signal(getattr(signal, name), _stop_on_term)
-    connect.session_budget().scope = ("this command (each command has a cap of its own: a batch run again counts "
-                                      "from $0). Raise the cap to go on")
     try:
+        connect.session_budget().scope = ("this command (each command has a cap of its own: a batch run again "
+                                          "counts from $0). Raise the cap to go on")
         return asyncio.run(_stoppable(COMMANDS[args.command](args)))
     except UnrecordedJobError as exc:  # paid, and the id is in the message: not a set-up fault
         print(f"error: {exc}", file=sys.stderr)
@@ -373,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return EXIT_FAILED
     except (KeyboardInterrupt, asyncio.CancelledError):
+        _wait_for_answers_in_flight()
         print("interrupted: started jobs are kept in the journal; run the same command again to collect them",
               file=sys.stderr)
         return EXIT_INTERRUPTED

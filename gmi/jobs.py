@@ -213,9 +213,9 @@ class JobRunner:
                                        "Copy the id from a request_id output, an error message or GMI's console.") \
                             from None
                     raise
-                if job is None:
+                if job is None:  # dated on this machine's clock: a take whose POST left later cannot own it
                     job = Job(key=key, model_id=str(remote.raw.get("model") or "gmi"), payload={}, take=-1,
-                              state=JobState.SUBMITTED, request_id=request_id)
+                              state=JobState.SUBMITTED, request_id=request_id, created_at=self.wall_clock())
                 if job.state is not JobState.SUCCEEDED or remote.terminal:
                     job.state = JobState.SUBMITTED
                     if remote.terminal:
@@ -257,7 +257,8 @@ class JobRunner:
 
     async def _submit_paid(self, client: GMIClient, job: Job, deadline: float, price: Price | None,
                            attempts: list[posting.Attempt]) -> RemoteJob:
-        cost = f", estimated {price}" if price is not None else (" (rehearsal: nothing is paid)" if job.rehearsal else "")
+        free = " (rehearsal: nothing is paid)" if job.rehearsal else ""
+        cost = f", estimated {price}" if price is not None else free
         attempt = 0
         while True:
             await client.turn()  # GMI's rate limit is waited out before the job is recorded, never after
@@ -322,7 +323,7 @@ class JobRunner:
         others = {r.request_id for r in rows if r.request_id and r.key != job.key and not r.key.startswith("request:")}
         collected = [r.request_id for r in rows if r.request_id and r.key.startswith("request:")]
         if listing is None:
-            found = await self._collected_match(client, job, rows, collected, others) if started is not None else None
+            found = await self._collected_match(client, job, rows, others) if started is not None else None
             if found is None:
                 await self._mark_submit_unknown(job, why)
             verdict = reconcile.Verdict(found=found)
@@ -357,32 +358,40 @@ class JobRunner:
 
     COLLECTED_LOOKED_AT = 20  # newest jobs collected by id, read again when GMI offers no listing
 
-    async def _collected_match(self, client: GMIClient, job: Job, rows: list[Job], collected: list[str],
+    async def _collected_match(self, client: GMIClient, job: Job, rows: list[Job],
                                others: set[str]) -> RemoteJob | None:
         """Without GMI's listing: the job the user collected by its id (as our message asks) that this take's lost
-        POST made. Judged as a listing of those records alone, which can find a job but never prove none was made;
-        and the payload GMI echoes must be this take's, or missing from a record dated while the POST was out."""
+        POST made. Judged as a listing of those records alone, which can find a job but never prove none was made.
+        Taken only when no other lost take could own it, and GMI's echo of the payload is this take's (or missing,
+        from a record dated while the POST was out)."""
+        started, lasted = job.submit_started_at, client.timing.submit_timeout
+        # Collected before this take's POST left (both times on this machine's clock): it cannot be this take's.
+        collected = {r.request_id: r.created_at for r in rows
+                     if r.request_id and r.key.startswith("request:") and r.created_at >= started}
         records = []
-        for request_id in collected[-self.COLLECTED_LOOKED_AT:]:
+        for request_id in list(collected)[-self.COLLECTED_LOOKED_AT:]:
             try:
                 records.append(await client.status(request_id, deadline=self.clock() + 60))
             except GMIError:
                 continue
-        found = reconcile.judge(Listing(records), model_id=job.model_id, payload=job.payload,
-                                started=job.submit_started_at, lasted=client.timing.submit_timeout, others=others,
-                                collected=set(collected), images=self.images).found
-        if found is None or payload_matches(found.raw.get("payload"), job.payload, self.images):
-            return found
-        # GMI echoed no payload: the one collected job made while the POST was out (as our message asks for) is it,
-        # unless another take's lost POST was out then too (it may be that take's).
-        made = reconcile.created_at(found.raw.get("created_at"))
-        if found.raw.get("payload") is not None or made is None:
+        found = reconcile.judge(Listing(records), model_id=job.model_id, payload=job.payload, started=started,
+                                lasted=lasted, others=others, collected=set(collected), images=self.images).found
+        if found is None:
             return None
-        lasted = client.timing.submit_timeout
-        rivals = [r for r in rows if r.key != job.key and r.model_id == job.model_id and not r.rehearsal and
-                  r.state in (JobState.SUBMITTING, JobState.SUBMIT_UNKNOWN) and r.submit_started_at is not None and
-                  r.submit_started_at - reconcile.SKEW <= made <= r.submit_started_at + lasted + reconcile.SKEW]
-        return None if rivals else found
+        echo, made = found.raw.get("payload"), reconcile.created_at(found.raw.get("created_at"))
+
+        def could_own(r: Job) -> bool:  # another lost take whose POST was out when GMI made it, with that payload
+            return (r.key != job.key and r.model_id == job.model_id and not r.rehearsal and
+                    r.state in (JobState.SUBMITTING, JobState.SUBMIT_UNKNOWN) and r.submit_started_at is not None and
+                    r.submit_started_at <= collected[found.request_id] and
+                    (made is None or r.submit_started_at - reconcile.SKEW <= made <= r.submit_started_at + lasted +
+                     reconcile.SKEW) and (echo is None or payload_matches(echo, r.payload, self.images)))
+
+        if any(could_own(r) for r in rows):
+            return None
+        if payload_matches(echo, job.payload, self.images):
+            return found
+        return found if echo is None and made is not None else None
 
     UNKNOWN_STATUS_READS = 3  # reads of a status word the pack cannot place before it stops waiting
     URL_REREADS = 3           # reads of a success that names no video before the user is told

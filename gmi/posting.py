@@ -67,9 +67,19 @@ _in_flight: dict[str, threading.Event] = {}
 _in_flight_lock = threading.Lock()
 
 
-def answer_pending(key: str) -> bool:
+def answer_pending(key: str | None = None) -> bool:
+    """Whether a POST of this take (of any take, without ``key``) is out on a worker thread."""
     with _in_flight_lock:
-        return key in _in_flight
+        return key in _in_flight if key is not None else bool(_in_flight)
+
+
+def wait_for_all_answers(timeout: float) -> bool:
+    """Blocks until every POST out on a worker thread is answered and recorded. Returns whether there was one."""
+    with _in_flight_lock:
+        pending = list(_in_flight.values())
+    for done in pending:
+        done.wait(timeout)
+    return bool(pending)
 
 
 def wait_for_answer(key: str, timeout: float) -> None:

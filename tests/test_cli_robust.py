@@ -82,7 +82,7 @@ async def test_flags_are_named_as_typed_and_global_flags_work_after_the_subcomma
     assert code == 2 and one_error_line(err) and "--duration" in err
     code, out, err = await cli_in(tmp_path, "jobs", "--journal", str(tmp_path / "elsewhere.sqlite3"), "--new-journal",
                                   env=environment(gmi, tmp_path))
-    assert code == 0 and (tmp_path / "elsewhere.sqlite3").is_file()
+    assert code == 0 and out.startswith("date") and not (tmp_path / "elsewhere.sqlite3").exists()  # listing made none
 
 
 async def test_a_mistyped_journal_is_refused_before_paying_the_same_take_again(gmi, tmp_path):
@@ -173,3 +173,40 @@ async def test_a_wrong_flag_is_one_line_that_points_to_the_help(gmi, tmp_path, a
     code, out, err = await cli_in(tmp_path, *args, env=environment(gmi, tmp_path))
     assert code == 2 and one_error_line(err) and "--help" in err and "usage:" not in err, err
     assert gmi.post_bodies == []
+
+
+async def test_an_empty_journal_file_is_refused_like_a_missing_one(gmi, tmp_path):
+    (tmp_path / "zero.sqlite3").touch()  # zeroed by a crash, or a touch typo: it knows no take
+    code, _, err = await cli_in(tmp_path, "generate", "--prompt", "x", "--out", "o", "--journal",
+                                str(tmp_path / "zero.sqlite3"), env=environment(gmi, tmp_path))
+    assert code == 2 and one_error_line(err) and "no journal at" in err and gmi.post_bodies == []
+
+
+@pytest.mark.parametrize("env_extra, args, says", [
+    ({"GMI_SPEND_CAP_USD": "abc"}, ["generate", "--prompt", "x", "--out", "o"], "GMI_SPEND_CAP_USD"),
+    ({}, ["generate", "--prompt", "x", "--out", "~nosuchuser4242/x"], "no such user"),
+])
+async def test_bad_settings_are_one_line_before_anything_is_paid(gmi, tmp_path, env_extra, args, says):
+    code, _, err = await cli_in(tmp_path, *args, env={**environment(gmi, tmp_path), **env_extra})
+    assert code == 2 and one_error_line(err) and says in err, err
+    assert gmi.post_bodies == []
+
+
+async def test_listing_the_jobs_creates_no_journal(gmi, tmp_path):
+    code, out, err = await cli_in(tmp_path, "jobs", env=environment(gmi, tmp_path))
+    assert code == 0 and out.startswith("date") and not (tmp_path / "home").exists()
+
+
+async def test_a_wav_that_cannot_be_written_is_one_line_and_the_paid_video_is_kept(gmi, tmp_path):
+    gmi.finish_on_post, gmi.next_ids = True, ["rid-wav-0001"]
+    blocked = tmp_path / "o" / "kling-v3-text-to-video_rid-wav-0001.wav.part"
+    blocked.mkdir(parents=True)  # the write fails as on a full disk
+    env = environment(gmi, tmp_path)
+    code, _, err = await cli_in(tmp_path, "generate", "--prompt", "x", "--out", "o", "--wav", env=env)
+    last = err.strip().splitlines()[-1]
+    assert code == 1 and last.startswith("error: Could not write") and ".wav" in last and "video is saved" in last
+    assert "Traceback" not in err
+    assert not blocked.with_suffix("").exists() and blocked.with_name(blocked.name[:-len(".wav.part")] + ".mp4").is_file()
+    blocked.rmdir()  # space freed
+    code, _, err = await cli_in(tmp_path, "generate", "--prompt", "x", "--out", "o", "--wav", env=env)
+    assert code == 0 and blocked.with_suffix("").is_file() and len(gmi.post_bodies) == 1
