@@ -243,10 +243,18 @@ class FakeGMI:
                "created_at": self.wall() if self.job_seconds is not None else int(self.wall())}
         self.jobs[rid] = job
         if self.faults["post_after_create"]:
-            # The job exists (and is billed) but the answer never reaches the client.
-            self.faults["post_after_create"].pop(0)
-            request.transport.abort()
-            return web.Response(status=500)
+            # The job exists (and is billed). "reset": its answer never reaches the client. {"wait": seconds, or an
+            # asyncio.Event then "after" seconds more; "then": "answer" (late) or "cut" (lost after the wait)}.
+            action = self.faults["post_after_create"].pop(0)
+            if isinstance(action, dict):
+                wait = action.get("wait", 0)
+                if isinstance(wait, asyncio.Event):
+                    await wait.wait()
+                    wait = action.get("after", 0)
+                await asyncio.sleep(wait)
+            if not isinstance(action, dict) or action.get("then", "answer") == "cut":
+                request.transport.abort()
+                return web.Response(status=500)
         if self.finish_on_post and not self.never_finish:
             job["status"] = self.final_status
         return web.json_response(self._record(job))

@@ -14,7 +14,6 @@ import uuid
 from pathlib import Path
 
 import aiohttp
-import aiohttp.web
 import pytest
 
 from workflow_api import to_api
@@ -239,17 +238,7 @@ async def test_cancel_while_polling_stops_fast_and_requeue_collects_without_payi
 
 async def test_cancel_while_the_post_is_out_and_its_answer_is_lost_says_a_job_may_be_billed(host, gmi):
     cut = asyncio.Event()
-
-    async def made_then_cut(request):  # GMI makes the job; the answer is lost after the user pressed Cancel
-        body = gmi.post_bodies[-1]
-        rid = uuid.uuid4().hex
-        gmi.jobs[rid] = {"rid": rid, "model": body["model"], "payload": body["payload"], "status": "queued",
-                         "reads": 0, "created_at": int(gmi.wall())}
-        await cut.wait()
-        request.transport.abort()
-        return aiohttp.web.Response(status=500)
-
-    gmi.faults["post"].append(made_then_cut)
+    gmi.faults["post_after_create"].append({"wait": cut, "then": "cut"})  # made, billed; its answer lost later
     graph = example_graph(await host.get("/object_info"))
     prompt_id = await host.queue(graph)
     for _ in range(300):
@@ -344,18 +333,8 @@ async def test_sibling_failure_during_the_post_keeps_the_paid_id_and_requeue_pay
         torn_down.set()
         return None  # GMI's 404 for an unknown id: the prompt fails
 
-    async def answer_after_the_teardown(request):
-        body = gmi.post_bodies[-1]
-        rid = uuid.uuid4().hex
-        job = {"rid": rid, "model": body["model"], "payload": body["payload"], "status": "queued", "reads": 0,
-               "created_at": int(gmi.wall())}
-        gmi.jobs[rid] = job  # made, and billed
-        await torn_down.wait()
-        await asyncio.sleep(1.0)
-        return aiohttp.web.json_response(gmi._record(job))
-
     gmi.status_hook = unknown_id_fails_once_the_post_is_out
-    gmi.faults["post"].append(answer_after_the_teardown)
+    gmi.faults["post_after_create"].append({"wait": torn_down, "after": 1.0})  # made; answered after the teardown
     graph = example_graph(await host.get("/object_info"))
     failing = dict(graph)
     failing["9"] = {"class_type": "GMICollectVideo", "inputs": {"request_id": "0123456789abcdef"}}

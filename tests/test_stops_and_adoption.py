@@ -7,10 +7,8 @@ import signal
 import sys
 import threading
 import time
-import uuid
 
 import pytest
-from aiohttp import web
 
 from gmi_video_pack.gmi import connect
 from gmi_video_pack.gmi.budget import SpendCap
@@ -27,23 +25,10 @@ def journal(tmp_path) -> Journal:
     return Journal(tmp_path / "user" / "jobs.sqlite3")
 
 
-def made_then_cut(gmi, seconds: float):
-    """GMI makes (and bills) the job; after ``seconds`` the connection is cut: the answer is lost."""
-    async def action(request):
-        body = gmi.post_bodies[-1]
-        rid = uuid.uuid4().hex
-        gmi.jobs[rid] = {"rid": rid, "model": body["model"], "payload": body["payload"], "status": "queued",
-                         "reads": 0, "created_at": int(gmi.wall())}
-        await asyncio.sleep(seconds)
-        request.transport.abort()
-        return web.Response(status=500)
-    return action
-
-
 # --- a stop while the POST is out -------------------------------------------------------------------------------
 
 async def test_a_cancel_during_a_post_whose_answer_is_lost_says_a_job_may_be_billed(gmi, fake_time, tmp_path):
-    gmi.faults["post"].append(made_then_cut(gmi, 0.5))
+    gmi.faults["post_after_create"].append({"wait": 0.5, "then": "cut"})  # made, billed, its answer lost
     task = asyncio.ensure_future(run(gmi, fake_time, tmp_path))
     while not gmi.jobs:
         await asyncio.sleep(0.01)
@@ -62,7 +47,7 @@ def test_the_node_text_after_a_stop_while_submitting_does_not_claim_nothing_was_
 async def test_a_paid_id_the_journal_cannot_take_after_the_run_is_gone_is_in_the_log(gmi, fake_time, tmp_path,
                                                                                      monkeypatch, caplog):
     caplog.set_level("INFO", logger="gmi")
-    gmi.faults["post"].append(answer_late(gmi, 0.5))
+    answer_late(gmi, 0.5)
     record = Journal.record
 
     def full_after_post(self, job):
@@ -140,7 +125,7 @@ def test_a_rehearsal_cut_by_a_failing_sibling_rehearses_again(tmp_path):
 
 
 async def test_a_command_under_nohup_finishes_when_the_terminal_closes(gmi, tmp_path):
-    gmi.faults["post"].append(answer_late(gmi, 1.0))
+    answer_late(gmi, 1.0)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gmi", "generate", "--prompt", "a fox", "--duration", "3", "--out", str(tmp_path / "o"),
         cwd=ROOT, env=environment(gmi, tmp_path), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,

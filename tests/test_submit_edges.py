@@ -26,17 +26,9 @@ def journal(tmp_path) -> Journal:
     return Journal(tmp_path / "user" / "jobs.sqlite3")
 
 
-def answer_late(gmi, seconds: float):
-    """A POST that makes (and bills) the job at once, and answers only after ``seconds``."""
-    async def create_then_answer(request):
-        body = gmi.post_bodies[-1]
-        rid = uuid.uuid4().hex
-        job = {"rid": rid, "model": body["model"], "payload": body["payload"], "status": "queued", "reads": 0,
-               "created_at": int(gmi.wall())}
-        gmi.jobs[rid] = job
-        await asyncio.sleep(seconds)
-        return web.json_response(gmi._record(job))
-    return create_then_answer
+def answer_late(gmi, seconds: float) -> None:
+    """The next POST makes (and bills) the job at once, and answers only after ``seconds``."""
+    gmi.faults["post_after_create"].append({"wait": seconds})
 
 
 # --- before the POST leaves: a Cancel pays nothing and leaves the take free ------------------------------------
@@ -129,7 +121,7 @@ def serve_on_its_own_thread(clips):
         loop = asyncio.new_event_loop()
         gmi = FakeGMI(clips)
         gmi.never_finish = True
-        gmi.faults["post"].append(answer_late(gmi, 1.0))
+        answer_late(gmi, 1.0)
         loop.run_until_complete(gmi.start())
         box["gmi"], box["loop"] = gmi, loop
         ready.set()
@@ -165,7 +157,7 @@ def test_comfyui_tearing_the_prompt_down_during_the_post_keeps_the_paid_request_
 async def test_a_run_stopped_hard_during_the_post_then_queued_again_waits_for_the_answer(gmi, tmp_path):
     """The prompt torn down (the run cancelled twice) while the POST is out, then the take queued again at once: the
     new run waits for the answer the old one left on its way, and re-attaches to it."""
-    gmi.faults["post"].append(answer_late(gmi, 0.5))
+    answer_late(gmi, 0.5)
 
     def runner():
         return JobRunner(journal(tmp_path), lambda: GMIClient(gmi.base_url, gmi.key, timing=Timing()),
@@ -188,7 +180,7 @@ async def test_a_run_stopped_hard_during_the_post_then_queued_again_waits_for_th
 async def test_a_kill_during_the_post_keeps_the_paid_request_id(gmi, tmp_path, signals):
     """Ctrl-C (once, or twice in impatience), a kill, a closed terminal: the answer is waited for and recorded."""
     gmi.never_finish = True
-    gmi.faults["post"].append(answer_late(gmi, 1.5))
+    answer_late(gmi, 1.5)
 
     async def kill_during_post(proc):
         while not gmi.jobs:
