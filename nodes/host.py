@@ -53,11 +53,18 @@ async def until_interrupted(coro, reporter: "Reporter"):
                 if not task.cancelled() and task.exception() is not None:
                     raise task.exception()  # the engine's own words win (e.g. a submit whose answer was lost)
                 reporter.stopped()
-                check_interrupt()
-                return task.result()
+                check_interrupt()  # takes ComfyUI's flag as it raises
+                # A progress hook took the flag meanwhile: ComfyUI must still hear "interrupted", never a
+                # CancelledError (a BaseException its worker thread does not survive).
+                raise comfy.model_management.InterruptProcessingException()
     except asyncio.CancelledError:  # the prompt is torn down (e.g. a sibling node failed)
         task.cancel()
         reporter.stopped()
+        raise
+    except comfy.model_management.InterruptProcessingException:
+        raise
+    except Exception as exc:  # the line under the node says what ended the run, not its last progress
+        reporter.text(f"error: {exc}")
         raise
 
 
@@ -79,7 +86,9 @@ class Reporter:
         try:
             self.bar.update_absolute(round(self.percent), 100)
         except comfy.model_management.InterruptProcessingException:
-            return  # the bar's hook raises on Cancel; reporting must never break the engine mid-step
+            # The bar's hook raises on Cancel, taking ComfyUI's flag as it does: reporting must never break the
+            # engine mid-step, and the Cancel must not be lost, so the flag is set again for until_interrupted.
+            comfy.model_management.interrupt_current_processing(True)
         self.text(event.text)
 
     def frames(self, done: int, total: int) -> None:
