@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import json
 import logging
@@ -58,6 +59,8 @@ def job_key(model_id: str, payload: dict, take: int, rehearsal: bool = False) ->
 
 
 _gmi_rates: dict[tuple[str, str], float | None] = {}
+WRITE_ERRORS = {errno.EROFS, errno.ENOSPC, errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR, errno.EEXIST,
+                getattr(errno, "EDQUOT", errno.ENOSPC)}  # the output folder went away, read-only or full
 
 
 def video_file_name(model_id: str, request_id: str, name: str | None = None) -> str:
@@ -480,6 +483,12 @@ class JobRunner:
         fetch = dict(request_id=job.request_id, on_progress=progress, deadline=deadline, verify=verify_video)
         try:
             await client.download(url, dest, **fetch)
+        except OSError as exc:  # the output folder went read-only or full after paying: the job is kept
+            if exc.errno not in WRITE_ERRORS:
+                raise
+            raise DownloadError(f"Could not write the video of request {job.request_id} into {self.output_dir} "
+                                f"({exc.strerror or type(exc).__name__}): make room or make it writable, then queue "
+                                "the same inputs again (nothing new is paid; it is just downloaded).") from None
         except DownloadError:
             # The recorded link may have expired: ask GMI once for the job's current one.
             remote = await client.status(job.request_id, deadline=self.clock() + 60)

@@ -243,7 +243,8 @@ def journal_trouble(path: Path, exc: BaseException) -> str:
         full = False
     if full or "full" in lowered or getattr(exc, "errno", None) == 28:
         fix = "free some disk space"
-    elif "readonly" in lowered or "read-only" in lowered or isinstance(exc, PermissionError):
+    elif ("readonly" in lowered or "read-only" in lowered or isinstance(exc, PermissionError) or
+          (path.parent.is_dir() and not os.access(path.parent, os.W_OK))):
         fix = "make the file and its folder writable, or point GMI_JOURNAL (command line: --journal) elsewhere"
     elif "not a database" in lowered or "malformed" in lowered:
         fix = ("move that file aside (it is not a job journal) or point GMI_JOURNAL (--journal) elsewhere; a new "

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 
 import pytest
 
@@ -346,3 +347,24 @@ def test_a_new_journal_opened_by_several_runners_at_once_works_for_all(tmp_path)
         path, start = tmp_path / f"home{attempt}" / "jobs.sqlite3", threading.Barrier(4)
         with ThreadPoolExecutor(4) as pool:
             assert [f.result() for f in [pool.submit(first_use, path, start) for _ in range(4)]] == [[]] * 4
+
+
+async def test_an_output_folder_gone_after_paying_names_the_request_and_the_take_is_downloaded_later(
+        gmi, fake_time, tmp_path):
+    gmi.polls_until_done = 2
+    output = tmp_path / "output"
+
+    async def folder_replaced_by_a_file(request):
+        if gmi.status_reads() == 2 and output.is_dir():
+            shutil.rmtree(output)
+            output.write_text("not a folder")  # e.g. a drive unmounted, or a file saved over it
+        return None
+
+    gmi.status_hook = folder_replaced_by_a_file
+    with pytest.raises(DownloadError) as err:
+        await run(gmi, fake_time, tmp_path)
+    message = str(err.value)
+    assert gmi.created[0] in message and "nothing new is paid" in message and "\n" not in message
+    output.unlink()
+    result = await run(gmi, fake_time, tmp_path)
+    assert result.request_id == gmi.created[0] and len(gmi.post_bodies) == 1

@@ -411,3 +411,12 @@ async def test_a_journal_in_a_folder_that_cannot_be_made_is_one_line(gmi, fake_t
     with pytest.raises(GMIError) as err:
         await run(gmi, fake_time, tmp_path)
     assert "journal" in str(err.value) and "\n" not in str(err.value) and posts(gmi) == 0
+
+
+def test_a_journal_in_a_read_only_folder_says_make_it_writable(tmp_path, monkeypatch):
+    from gmi_video_pack.gmi import journal as journal_module
+
+    monkeypatch.setattr(journal_module.os, "access", lambda path, mode: False)  # a read-only mount (root ignores modes)
+    refused = sqlite3.OperationalError("unable to open database file")
+    text = journal_module.journal_trouble(tmp_path / "jobs.sqlite3", refused)
+    assert "writable" in text and "not a folder" not in text
