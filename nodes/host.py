@@ -21,6 +21,7 @@ from ..gmi.keys import KEY_FILE_NAME
 from .routes import key_routes
 
 SUBFOLDER = "gmi"  # under ComfyUI's output folder
+Interrupted = comfy.model_management.InterruptProcessingException  # what ComfyUI raises (and shows) on Cancel
 
 
 def pack_user_dir() -> Path:

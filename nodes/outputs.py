@@ -119,6 +119,13 @@ async def decode(path: Path, need: set[int], options: DecodeOptions, reporter: h
     except asyncio.CancelledError:
         stopped.set()  # the prompt is torn down: end ffmpeg at the next chunk
         raise
+    except host.Interrupted:  # the line under the node says where things stand, not "decoding frames N of M"
+        reporter.text(f"interrupted while decoding: the video is saved ({path.name}); queue again to decode it "
+                      "(nothing new is paid).")
+        raise
+    except Exception as exc:
+        reporter.text(f"error: {exc}")
+        raise
 
 
 async def node_output(result: JobResult, linked: set[int] | None, options: DecodeOptions,
