@@ -140,9 +140,12 @@ class JobRunner:
         (it is downloaded again from the known request, never bought again)."""
         if job is None or job.state is not JobState.SAVED or not job.path or not Path(job.path).is_file():
             return None
-        await asyncio.to_thread(preflight.check_decoder)  # no decoder: say so, not that the file is damaged
+        def verify(path: Path) -> None:
+            preflight.check_decoder()  # no decoder: say so, not that the file is damaged
+            verify_video(path)
+
         try:
-            await asyncio.to_thread(verify_video, Path(job.path))
+            await asyncio.to_thread(verify, Path(job.path))
         except MediaError as exc:
             log.warning("saved video of request %s is damaged (%s); downloading it again", job.request_id, exc)
             return None
@@ -187,12 +190,13 @@ class JobRunner:
             else:
                 fresh = False
             async with self._remote() as client:
-                if not fresh and job.state in (JobState.SUBMITTING, JobState.SUBMIT_UNKNOWN) and job.rehearsal:
-                    job.state = JobState.SUBMITTING  # a rehearsal is free: its lost answer is simply asked again
-                elif not fresh and job.state in (JobState.SUBMITTING, JobState.SUBMIT_UNKNOWN):
-                    await self._reconcile(client, job)
-                    if (reused := await self._saved(job)) is not None:
-                        return reused
+                if not fresh and job.state in (JobState.SUBMITTING, JobState.SUBMIT_UNKNOWN):
+                    if job.rehearsal:
+                        job.state = JobState.SUBMITTING  # a rehearsal is free: its lost answer is simply asked again
+                    else:
+                        await self._reconcile(client, job)
+                        if (reused := await self._saved(job)) is not None:  # adopted a video collected by id
+                            return reused
                 answer = await self._submit(client, job, deadline) if job.state is JobState.SUBMITTING else None
                 return await self._drive(client, job, deadline, answer, name)
 
@@ -324,7 +328,7 @@ class JobRunner:
         listing = await client.list_requests(job.model_id) if started is not None else None
         rows = await asyncio.to_thread(self.journal.all)
         others = {r.request_id for r in rows if r.request_id and r.key != job.key and not r.key.startswith("request:")}
-        collected = [r.request_id for r in rows if r.request_id and r.key.startswith("request:")]
+        collected = {r.request_id for r in rows if r.request_id and r.key.startswith("request:")}
         if listing is None:
             found = await self._collected_match(client, job, rows, others) if started is not None else None
             if found is None:
@@ -332,7 +336,7 @@ class JobRunner:
             verdict = reconcile.Verdict(found=found)
         else:
             verdict = reconcile.judge(listing, model_id=job.model_id, payload=job.payload, started=started,
-                                      lasted=client.timing.submit_timeout, others=others, collected=set(collected),
+                                      lasted=client.timing.submit_timeout, others=others, collected=collected,
                                       images=self.images)
         if verdict.found is not None:
             log.info("GMI %s: found request %s for the lost submit of take %d", job.model_id,
@@ -344,7 +348,7 @@ class JobRunner:
                     held.finished_at
             if not await asyncio.shield(asyncio.to_thread(self.journal.claim, job)):
                 # Another take (reconciled at the same moment) has it: two takes never share one paid job.
-                job.state, job.request_id, job.path, job.media_url = JobState.SUBMIT_UNKNOWN, None, None, None
+                job.request_id, job.path, job.media_url = None, None, None
                 await self._mark_submit_unknown(job, f"{why.rstrip('.')}; the job GMI made then "
                                                      f"({verdict.found.request_id}) belongs to another take")
             if verdict.found.terminal and job.state is JobState.SUBMITTED:

@@ -57,15 +57,10 @@ async def until_interrupted(coro, reporter: "Reporter"):
                 check_interrupt()  # takes ComfyUI's flag as it raises
                 # A progress hook took the flag meanwhile: ComfyUI must still hear "interrupted", never a
                 # CancelledError (a BaseException its worker thread does not survive).
-                raise comfy.model_management.InterruptProcessingException()
+                raise Interrupted()
     except asyncio.CancelledError:  # the prompt is torn down (e.g. a sibling node failed)
         task.cancel()
         reporter.stopped()
-        raise
-    except comfy.model_management.InterruptProcessingException:
-        raise
-    except Exception as exc:  # the line under the node says what ended the run, not its last progress
-        reporter.text(f"error: {exc}")
         raise
 
 
@@ -86,7 +81,7 @@ class Reporter:
         self.percent = max(self.percent, percent_done(event))  # a bar never moves back (a wait, a retry)
         try:
             self.bar.update_absolute(round(self.percent), 100)
-        except comfy.model_management.InterruptProcessingException:
+        except Interrupted:
             # The bar's hook raises on Cancel, taking ComfyUI's flag as it does: reporting must never break the
             # engine mid-step, and the Cancel must not be lost, so the flag is set again for until_interrupted.
             comfy.model_management.interrupt_current_processing(True)

@@ -38,11 +38,17 @@ async def run_and_output(node: type, job: str, options: DecodeOptions,
     outputs after the shared ones."""
     reporter = host.Reporter(node.hidden.unique_id, rehearsal=rehearsal_label is not None)
     linked = linked_outputs(node.hidden.prompt, node.hidden.unique_id)
-    async with host.open_runner(reporter, rehearsal_label) as runner:
-        if linked is None or FRAMES in linked:
-            runner.frames_options = options  # the memory for the frames is checked before paying
-        result = await host.until_interrupted(start(runner), reporter)
-    output = await node_output(result, linked, options, reporter, more)
+    try:
+        async with host.open_runner(reporter, rehearsal_label) as runner:
+            if linked is None or FRAMES in linked:
+                runner.frames_options = options  # the memory for the frames is checked before paying
+            result = await host.until_interrupted(start(runner), reporter)
+        output = await node_output(result, linked, options, reporter, more)
+    except host.Interrupted:
+        raise
+    except Exception as exc:  # the line under the node says what ended the run, not its last progress
+        reporter.text(f"error: {exc}")
+        raise
     if linked is not None and not {FRAMES, AUDIO} <= linked:
         _partial_runs[job] = _partial_runs.get(job, 0) + 1
     return output
@@ -122,9 +128,6 @@ async def decode(path: Path, need: set[int], options: DecodeOptions, reporter: h
     except host.Interrupted:  # the line under the node says where things stand, not "decoding frames N of M"
         reporter.text(f"interrupted while decoding: the video is saved ({path.name}); queue again to decode it "
                       "(nothing new is paid).")
-        raise
-    except Exception as exc:
-        reporter.text(f"error: {exc}")
         raise
 
 

@@ -236,12 +236,11 @@ async def test_cancel_while_polling_stops_fast_and_requeue_collects_without_payi
     assert len(gmi.post_bodies) == 1
 
 
-async def test_cancel_while_the_post_is_out_ends_interrupted_and_the_queue_goes_on(host, gmi):
-    """The answer arrives after Cancel; its progress update meets ComfyUI's hook, which takes the interrupt flag.
-    The prompt must still end as interrupted (not kill ComfyUI's worker thread), and the next prompt must run."""
-    answered = asyncio.Event()
-    gmi.never_finish = True
-    gmi.faults["post_after_create"].append({"wait": answered})  # made, billed; answered after the Cancel
+async def cancel_while_the_post_is_out(host: Host, gmi, *, then: str) -> tuple[dict, dict]:
+    """Queues the example; GMI makes (and bills) the job, Cancel is pressed while the POST is out, and then GMI's
+    answer arrives (``then="answer"``) or is lost (``"cut"``). Returns the graph and the prompt's history entry."""
+    after_cancel = asyncio.Event()
+    gmi.faults["post_after_create"].append({"wait": after_cancel, "then": then})
     graph = example_graph(await host.get("/object_info"))
     prompt_id = await host.queue(graph)
     for _ in range(300):
@@ -250,8 +249,15 @@ async def test_cancel_while_the_post_is_out_ends_interrupted_and_the_queue_goes_
         await asyncio.sleep(0.1)
     await host.interrupt()
     await asyncio.sleep(0.5)
-    answered.set()
-    entry = await host.wait(prompt_id)
+    after_cancel.set()
+    return graph, await host.wait(prompt_id)
+
+
+async def test_cancel_while_the_post_is_out_ends_interrupted_and_the_queue_goes_on(host, gmi):
+    """The answer arrives after Cancel; its progress update meets ComfyUI's hook, which takes the interrupt flag.
+    The prompt must still end as interrupted (not kill ComfyUI's worker thread), and the next prompt must run."""
+    gmi.never_finish = True
+    graph, entry = await cancel_while_the_post_is_out(host, gmi, then="answer")
     assert "execution_interrupted" in json.dumps(entry["status"]["messages"]), entry["status"]
     gmi.never_finish = False
     entry = await host.wait(await host.queue(graph))  # the queue still runs, and the take is collected
@@ -259,18 +265,7 @@ async def test_cancel_while_the_post_is_out_ends_interrupted_and_the_queue_goes_
 
 
 async def test_cancel_while_the_post_is_out_and_its_answer_is_lost_says_a_job_may_be_billed(host, gmi):
-    cut = asyncio.Event()
-    gmi.faults["post_after_create"].append({"wait": cut, "then": "cut"})  # made, billed; its answer lost later
-    graph = example_graph(await host.get("/object_info"))
-    prompt_id = await host.queue(graph)
-    for _ in range(300):
-        if gmi.jobs:
-            break
-        await asyncio.sleep(0.1)
-    await host.interrupt()
-    await asyncio.sleep(0.5)
-    cut.set()
-    entry = await host.wait(prompt_id)
+    graph, entry = await cancel_while_the_post_is_out(host, gmi, then="cut")
     messages = json.dumps(entry["status"]["messages"])
     assert entry["status"]["status_str"] == "error" and "billed" in messages, messages  # not "nothing was paid"
     entry = await host.wait(await host.queue(graph))

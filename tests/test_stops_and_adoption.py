@@ -18,7 +18,7 @@ from gmi_video_pack.gmi.models import KLING_V3_T2V
 from gmi_video_pack.gmi.progress import interrupted_text
 from test_cli import ROOT, cli, environment
 from test_lifecycle import make_runner, payload, run
-from test_submit_edges import answer_late
+from test_submit_edges import answer_late, stop_hard
 
 
 def journal(tmp_path) -> Journal:
@@ -59,11 +59,7 @@ async def test_a_paid_id_the_journal_cannot_take_after_the_run_is_gone_is_in_the
     task = asyncio.ensure_future(run(gmi, fake_time, tmp_path))
     while not gmi.jobs:
         await asyncio.sleep(0.01)
-    task.cancel()
-    await asyncio.sleep(0.05)
-    task.cancel()  # the prompt torn down (or a second Ctrl-C): nobody waits for the answer any more
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await stop_hard(task)  # nobody waits for the answer any more
     for _ in range(200):
         if "could not record" in caplog.text:
             break
@@ -88,11 +84,7 @@ async def test_a_stop_during_a_retry_that_sent_nothing_frees_the_spend_cap(gmi, 
     task = asyncio.ensure_future(run(gmi, fake_time, tmp_path, budget=cap))
     while not in_write.is_set():
         await asyncio.sleep(0.01)
-    task.cancel()
-    await asyncio.sleep(0.05)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await stop_hard(task)
     for _ in range(100):
         if journal(tmp_path).all()[0].state is JobState.FAILED:
             break

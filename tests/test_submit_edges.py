@@ -31,6 +31,15 @@ def answer_late(gmi, seconds: float) -> None:
     gmi.faults["post_after_create"].append({"wait": seconds})
 
 
+async def stop_hard(task: asyncio.Future) -> None:
+    """Cancel, then cancel again (ComfyUI tearing the prompt down, or a second Ctrl-C): the run ends at once."""
+    task.cancel()
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 # --- before the POST leaves: a Cancel pays nothing and leaves the take free ------------------------------------
 
 async def test_cancel_while_the_rate_limit_holds_the_submit_sends_nothing(gmi, tmp_path):
@@ -166,11 +175,7 @@ async def test_a_run_stopped_hard_during_the_post_then_queued_again_waits_for_th
     first = asyncio.ensure_future(runner().run(KLING_V3_T2V, payload(), 0, timeout_s=60))
     while not gmi.jobs:
         await asyncio.sleep(0.01)
-    first.cancel()
-    await asyncio.sleep(0.01)
-    first.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await first
+    await stop_hard(first)
     result = await runner().run(KLING_V3_T2V, payload(), 0, timeout_s=60)
     assert gmi.created == [result.request_id] and len(gmi.post_bodies) == 1
 
